@@ -1,0 +1,171 @@
+"""Verify the deployed cluster by what it does: services, users, files, and real tasks."""
+
+import time
+
+import pytest
+
+from conftest import host_of, hosts_in, run_client, worker_nodes
+
+BROKERS = hosts_in("brokers")
+WORKERS = hosts_in("celery_workers")
+BEAT = hosts_in("celery_beat")
+
+
+# --- services ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_redis_runs_and_starts_at_boot(name):
+    svc = host_of(name).service("redis-server")
+    assert svc.is_running
+    assert svc.is_enabled
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_every_worker_node_runs_and_starts_at_boot(name):
+    host = host_of(name)
+    for node in worker_nodes(name):
+        svc = host.service("celery-worker@%s" % node)
+        assert svc.is_running, node
+        assert svc.is_enabled, node
+
+
+@pytest.mark.parametrize("name", BEAT)
+def test_beat_runs_and_starts_at_boot(name):
+    svc = host_of(name).service("celerybeat")
+    assert svc.is_running
+    assert svc.is_enabled
+
+
+# --- users and processes ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", WORKERS + BEAT)
+def test_celery_user_is_unprivileged(name):
+    user = host_of(name).user("celery")
+    assert user.exists
+    assert user.group == "celery"
+    assert user.home == "/var/lib/celery"
+    assert user.shell in ("/usr/sbin/nologin", "/sbin/nologin")
+    assert user.uid < 1000  # a system account
+
+
+@pytest.mark.parametrize("name", WORKERS + BEAT)
+def test_celery_processes_run_as_celery(name):
+    host = host_of(name)
+    procs = [p for p in host.process.filter() if "celery" in p.args and "venv/bin" in p.args]
+    assert procs, "no celery process on %s" % name
+    assert {p.user for p in procs} == {"celery"}, [(p.user, p.args) for p in procs]
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_each_node_has_its_pool(name):
+    """Every node's main process and its pool children exist, under the node's name."""
+    host = host_of(name)
+    for node in worker_nodes(name):
+        pid = int(host.file("/run/celery/%s.pid" % node).content_string.strip())
+        assert host.process.get(pid=pid).user == "celery"
+        children = host.process.filter(ppid=pid)
+        assert children, "node %s has no pool processes" % node
+
+
+# --- files ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_celeryd_defaults_file(name):
+    f = host_of(name).file("/etc/default/celeryd")
+    assert (f.user, f.group, f.mode) == ("root", "root", 0o644)
+    text = f.content_string
+    assert 'CELERYD_NODES="%s"' % " ".join(worker_nodes(name)) in text
+    for key in ("CELERY_BIN", "CELERY_APP", "CELERYD_CHDIR", "CELERYD_OPTS", "CELERYD_LOG_LEVEL",
+                "CELERYD_USER", "CELERYD_GROUP", "CELERY_CREATE_DIRS"):
+        assert "\n%s=" % key in text, key
+    assert 'CELERYD_LOG_FILE="/var/log/celery/%n%I.log"' in text
+    assert 'CELERYD_PID_FILE="/run/celery/%n.pid"' in text
+
+
+@pytest.mark.parametrize("name", BEAT)
+def test_celerybeat_defaults_file_and_schedule(name):
+    host = host_of(name)
+    f = host.file("/etc/default/celerybeat")
+    assert (f.user, f.group, f.mode) == ("root", "root", 0o644)
+    assert "--schedule=/var/lib/celery/beat/celerybeat-schedule" in f.content_string
+    schedule_dir = host.file("/var/lib/celery/beat")
+    assert (schedule_dir.user, schedule_dir.mode) == ("celery", 0o750)
+    assert host.run("ls /var/lib/celery/beat/ | grep -q celerybeat-schedule").rc == 0
+
+
+@pytest.mark.parametrize("name", WORKERS + BEAT)
+def test_app_files_hold_the_secret_safely(name):
+    host = host_of(name)
+    config = host.file("/opt/celery/app/proj/celeryconfig.py")
+    assert (config.user, config.group, config.mode) == ("root", "celery", 0o640)
+    for path in ("/opt/celery/app/proj/tasks.py", "/opt/celery/venv/bin/celery"):
+        f = host.file(path)
+        assert f.user == "root" and not f.mode & 0o022, path  # the celery user cannot change code
+    logs = host.file("/var/log/celery")
+    assert (logs.user, logs.group, logs.mode) == ("celery", "celery", 0o750)
+
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_redis_config_is_private(name):
+    f = host_of(name).file("/etc/redis/redis.conf")
+    assert (f.user, f.group, f.mode) == ("redis", "redis", 0o640)
+    assert "maxmemory-policy noeviction" in f.content_string
+    assert "appendonly yes" in f.content_string
+
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_redis_refuses_clients_without_the_password(name):
+    host = host_of(name)
+    out = host.run("redis-cli -h 127.0.0.1 PING")
+    assert "NOAUTH" in out.stdout + out.stderr
+
+
+# --- behaviour: tasks through the deployed broker ----------------------------------------
+
+def test_add_round_trips_through_the_broker():
+    got = run_client(host_of(WORKERS[-1]), (
+        "import json; from proj.tasks import add; "
+        "print(json.dumps(add.delay(2, 3).get(timeout=60)))"))
+    assert got == 5
+
+
+def test_hipri_task_is_consumed_by_the_hipri_worker():
+    """proj.tasks.urgent is routed to hipri, which only the first worker host consumes."""
+    got = run_client(host_of(WORKERS[-1]), (
+        "import json; from proj.tasks import urgent; "
+        "print(json.dumps([urgent.delay(i).get(timeout=60) for i in range(5)]))"))
+    assert [r["value"] for r in got] == list(range(5))
+    assert {r["host"] for r in got} == {WORKERS[0]}
+
+
+def test_retrying_task_succeeds_after_its_retries():
+    got = run_client(host_of(WORKERS[0]), (
+        "import json; from proj.tasks import flaky; "
+        "print(json.dumps(flaky.delay(2).get(timeout=60)))"))
+    assert got == 2
+
+
+def test_every_node_answers_ping():
+    expected = {"%s@%s" % (node, name) for name in WORKERS for node in worker_nodes(name)}
+    got = run_client(host_of(WORKERS[0]), (
+        "import json; from proj.celery import app; "
+        "print(json.dumps(sorted(k for r in app.control.ping(timeout=5) for k in r)))"))
+    assert set(got) == expected
+
+
+def test_periodic_task_has_run():
+    """beat sends proj.tasks.heartbeat every few seconds; some worker must have run it lately."""
+    deadline = time.time() + 60
+    while True:
+        stamps = []
+        for name in WORKERS:
+            out = host_of(name).run("cat /var/lib/celery/heartbeat")
+            if out.rc == 0:
+                stamps.append(float(out.stdout.split()[0]))
+        now = float(host_of(WORKERS[0]).run("date +%s.%N").stdout)
+        if stamps and now - max(stamps) < 30:
+            break
+        assert time.time() < deadline, "no heartbeat in the last 30 s (stamps: %s)" % stamps
+        time.sleep(2)
+    beat_log = host_of(BEAT[0]).file("/var/log/celery/beat.log").content_string
+    assert "Sending due task heartbeat" in beat_log

@@ -1,0 +1,37 @@
+"""Sample tasks that exercise what a deployment must get right."""
+
+import os
+import socket
+import time
+
+from .celery import app
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def urgent(value):
+    """Routed to the hipri queue (task_routes); reports which worker host consumed it."""
+    return {"value": value, "host": socket.gethostname()}
+
+
+@app.task
+def heartbeat():
+    """Run by beat: leaves the time of its last run in the state directory."""
+    now = time.time()
+    path = os.path.join(app.conf.get("kit_state_dir", "/var/lib/celery"), "heartbeat")
+    with open(path + ".tmp", "w") as handle:
+        handle.write("%f %s\n" % (now, socket.gethostname()))
+    os.replace(path + ".tmp", path)
+    return now
+
+
+@app.task(bind=True, max_retries=5, default_retry_delay=0.2)
+def flaky(self, failures):
+    """Fails its first `failures` runs, then succeeds: returns how many retries it took."""
+    if self.request.retries < failures:
+        raise self.retry(exc=RuntimeError("planned failure %d" % self.request.retries))
+    return self.request.retries
