@@ -42,18 +42,13 @@ def worker_nodes(name):
     return [n if isinstance(n, str) else n["name"] for n in nodes]
 
 
-@pytest.fixture(autouse=True)
-def journal_on_failure(host, request):
-    """On a failure, show the journal of the host's celery and redis units."""
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        out = host.run("journalctl --no-pager -n 60 -u 'celery*' -u redis-server")
-        print("---- journal of %s ----\n%s" % (host.backend.get_hostname(), out.stdout))
-
-
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """On a failure, attach the journal of every host's celery and redis units to the report."""
     outcome = yield
-    rep = outcome.get_result()
-    setattr(item, "rep_" + rep.when, rep)
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for name in hosts_in("all"):
+            out = host_of(name).run(
+                "journalctl --no-pager -n 40 -u 'celery*' -u redis-server 2>&1")
+            report.sections.append(("journal of %s" % name, out.stdout))
