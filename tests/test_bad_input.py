@@ -88,7 +88,7 @@ def test_two_beat_hosts(tmp_path):
 
 def test_missing_password(tmp_path):
     rc, out = run_site(tmp_path, all_vars={"redis_broker_password": ""})
-    assert_stopped_in_preflight(rc, out, "broker_password is empty")
+    assert_stopped_in_preflight(rc, out, "is empty", "set redis_broker_password")
 
 
 @pytest.mark.parametrize("name", ["worker 1", "w;reboot", "$(id)"])
@@ -101,3 +101,50 @@ def test_node_name_with_shell_characters(tmp_path, name):
 def test_bad_queue_names(tmp_path, queues):
     rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {"celery_worker_queues": queues}})
     assert_stopped_in_preflight(rc, out, "queues")
+
+
+RABBITMQ = {"celery_broker": "rabbitmq",
+            "vault_rabbitmq_broker_password": "not-a-real-password-456",
+            "rabbitmq_broker_password": "{{ vault_rabbitmq_broker_password }}"}
+
+
+def test_good_rabbitmq_inventory_passes_preflight(tmp_path):
+    rc, out = run_site(tmp_path, all_vars=RABBITMQ)
+    assert "PLAY [Broker tier]" in out, out
+
+
+def test_rabbitmq_without_password(tmp_path):
+    rc, out = run_site(tmp_path, all_vars=dict(RABBITMQ, rabbitmq_broker_password=""))
+    assert_stopped_in_preflight(rc, out, "is empty", "set rabbitmq_broker_password")
+
+
+@pytest.mark.parametrize("vhost", ["/", "my vhost", "a/b", "q'uote", ""])
+def test_rabbitmq_bad_vhost(tmp_path, vhost):
+    rc, out = run_site(tmp_path, all_vars=dict(RABBITMQ, rabbitmq_broker_vhost=vhost))
+    assert_stopped_in_preflight(rc, out, "rabbitmq_broker_vhost is '%s'" % vhost)
+
+
+def test_time_limit_above_consumer_timeout(tmp_path):
+    rc, out = run_site(tmp_path, all_vars=dict(RABBITMQ, rabbitmq_broker_consumer_timeout=600),
+                       host_vars={"bad-input-worker1": {"celery_worker_time_limit": 900}})
+    assert_stopped_in_preflight(rc, out, "celery_worker_time_limit on bad-input-worker1 is 900",
+                                "rabbitmq_broker_consumer_timeout is 600")
+
+
+def test_time_limit_above_consumer_timeout_set_on_the_broker_host(tmp_path):
+    rc, out = run_site(tmp_path, all_vars=RABBITMQ,
+                       host_vars={"bad-input-broker": {"rabbitmq_broker_consumer_timeout": 100}})
+    assert_stopped_in_preflight(rc, out, "celery_worker_time_limit on bad-input-worker1 is 300",
+                                "rabbitmq_broker_consumer_timeout is 100")
+
+
+def test_time_limit_above_visibility_timeout(tmp_path):
+    rc, out = run_site(tmp_path, all_vars={"celery_app_visibility_timeout": 200})
+    assert_stopped_in_preflight(rc, out, "celery_worker_time_limit on bad-input-worker1 is 300",
+                                "celery_app_visibility_timeout is 200")
+
+
+@pytest.mark.parametrize("value", [0, "none"])
+def test_time_limit_missing(tmp_path, value):
+    rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {"celery_worker_time_limit": value}})
+    assert_stopped_in_preflight(rc, out, "celery_worker_time_limit on bad-input-worker1")

@@ -21,6 +21,10 @@ def inventory_vars(name):
     return RUNNER.get_variables(name)
 
 
+# The broker the scenario's inventory chose (group_vars/all).
+BROKER = inventory_vars(hosts_in("brokers")[0]).get("celery_broker", "redis")
+
+
 def host_of(name):
     return testinfra.get_host(
         "ansible://%s" % name, ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"]
@@ -50,5 +54,5 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call" and report.failed:
         for name in hosts_in("all"):
             out = host_of(name).run(
-                "journalctl --no-pager -n 40 -u 'celery*' -u redis-server 2>&1")
+                "journalctl --no-pager -n 40 -u 'celery*' -u redis-server -u rabbitmq-server 2>&1")
             report.sections.append(("journal of %s" % name, out.stdout))

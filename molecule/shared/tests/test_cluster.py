@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from conftest import host_of, hosts_in, run_client, worker_nodes
+from conftest import BROKER, host_of, hosts_in, run_client, worker_nodes
 
 BROKERS = hosts_in("brokers")
 WORKERS = hosts_in("celery_workers")
@@ -12,13 +12,6 @@ BEAT = hosts_in("celery_beat")
 
 
 # --- services ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", BROKERS)
-def test_redis_runs_and_starts_at_boot(name):
-    svc = host_of(name).service("redis-server")
-    assert svc.is_running
-    assert svc.is_enabled
-
 
 @pytest.mark.parametrize("name", WORKERS)
 def test_every_worker_node_runs_and_starts_at_boot(name):
@@ -105,22 +98,14 @@ def test_app_files_hold_the_secret_safely(name):
     assert (logs.user, logs.group, logs.mode) == ("celery", "celery", 0o750)
 
 
-@pytest.mark.parametrize("name", BROKERS)
-def test_redis_config_is_private(name):
-    f = host_of(name).file("/etc/redis/redis.conf")
-    assert (f.user, f.group, f.mode) == ("redis", "redis", 0o640)
-    assert "maxmemory-policy noeviction" in f.content_string
-    assert "appendonly yes" in f.content_string
-
-
-@pytest.mark.parametrize("name", BROKERS)
-def test_redis_refuses_clients_without_the_password(name):
-    host = host_of(name)
-    out = host.run("redis-cli -h 127.0.0.1 PING")
-    assert "NOAUTH" in out.stdout + out.stderr
-
-
 # --- behaviour: tasks through the deployed broker ----------------------------------------
+
+def test_app_uses_the_chosen_broker():
+    scheme = {"redis": "redis://", "rabbitmq": "amqp://"}[BROKER]
+    for name in WORKERS + BEAT:
+        config = host_of(name).file("/opt/celery/app/proj/celeryconfig.py").content_string
+        assert 'broker_url = "%s' % scheme in config, name
+
 
 def test_add_round_trips_through_the_broker():
     got = run_client(host_of(WORKERS[-1]), (

@@ -1,0 +1,124 @@
+"""The RabbitMQ broker: its own vhost and user, no guest, durable queues, the right limits."""
+
+import json
+
+import pytest
+
+from conftest import BROKER, host_of, hosts_in, inventory_vars, run_client
+
+pytestmark = pytest.mark.skipif(BROKER != "rabbitmq", reason="the cluster's broker is %s" % BROKER)
+
+BROKERS = hosts_in("brokers")
+WORKERS = hosts_in("celery_workers")
+VHOST = "celery"
+USER = "celery"
+
+
+def broker_address():
+    host = host_of(BROKERS[0])
+    return host.ansible("setup", "gather_subset=network")["ansible_facts"]["ansible_default_ipv4"]["address"]
+
+
+def try_login(user, password, vhost):
+    """Open an AMQP connection from a worker host; return 'ok' or the error it raised."""
+    code = (
+        "import json, kombu\n"
+        "c = kombu.Connection(hostname=%r, port=5672, userid=%r, password=%r, virtual_host=%r,"
+        " connect_timeout=10)\n"
+        "try:\n"
+        "    c.connect(); print(json.dumps('ok'))\n"
+        "except Exception as exc:\n"
+        "    print(json.dumps('%%s: %%s' %% (type(exc).__name__, exc)))\n"
+    ) % (broker_address(), user, password, vhost)
+    return run_client(host_of(WORKERS[0]), code)
+
+
+def app_password():
+    return inventory_vars(BROKERS[0])["vault_rabbitmq_broker_password"]
+
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_rabbitmq_runs_and_starts_at_boot(name):
+    svc = host_of(name).service("rabbitmq-server")
+    assert svc.is_running
+    assert svc.is_enabled
+
+
+def open_files(host, pid):
+    limits = host.check_output("cat /proc/%s/limits" % pid)
+    return int([line.split()[3] for line in limits.splitlines() if line.startswith("Max open files")][0])
+
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_rabbitmq_open_file_limit(name):
+    """The unit asks for 65536 open files, and the server gets them, up to the ceiling of the
+    machine it runs on (PID 1's hard limit: a container cannot go above its engine's, which is
+    20000 where the Docker daemon lacks CAP_SYS_RESOURCE)."""
+    host = host_of(name)
+    limit = host.check_output("systemctl show -p LimitNOFILE --value rabbitmq-server")
+    assert int(limit) >= 65536
+    pid = host.check_output("systemctl show -p MainPID --value rabbitmq-server")
+    ceiling = int(host.check_output("awk '/Max open files/ {print $5}' /proc/1/limits"))
+    assert open_files(host, pid) == min(int(limit), ceiling)
+
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_rabbitmq_listens_on_the_workers_address_only(name):
+    host = host_of(name)
+    assert host.socket("tcp://%s:5672" % broker_address()).is_listening
+    assert not host.socket("tcp://0.0.0.0:5672").is_listening
+    assert not host.socket("tcp://:::5672").is_listening
+    # The management plugin is off by default.
+    assert not host.socket("tcp://0.0.0.0:15672").is_listening
+    assert "rabbitmq_management" not in host.check_output("rabbitmq-plugins list -e -m")
+
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_rabbitmq_config(name):
+    f = host_of(name).file("/etc/rabbitmq/rabbitmq.conf")
+    assert (f.user, f.group, f.mode) == ("root", "rabbitmq", 0o640)
+    assert "consumer_timeout = 1800000" in f.content_string
+
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_guest_is_gone(name):
+    users = host_of(name).check_output("rabbitmqctl list_users -q --formatter json")
+    assert '"guest"' not in users
+    assert '"%s"' % USER in users
+
+
+def test_guest_cannot_log_in():
+    got = try_login("guest", "guest", "/")
+    assert got != "ok"
+    assert "access_refused" in got.lower() or "accessrefused" in got.lower(), got
+
+
+def test_app_user_logs_in_to_its_vhost_only():
+    assert try_login(USER, app_password(), VHOST) == "ok"
+    refused = try_login(USER, app_password(), "/")
+    assert refused != "ok", "the app user reached the default vhost"
+    assert try_login(USER, "wrong-" + app_password(), VHOST) != "ok"
+
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_app_user_has_permissions_on_its_vhost_only(name):
+    perms = json.loads(host_of(name).check_output(
+        "rabbitmqctl list_user_permissions -q --formatter json %s" % USER))
+    assert [p["vhost"] for p in perms] == [VHOST]
+
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_app_queues_are_durable(name):
+    queues = json.loads(host_of(name).check_output(
+        "rabbitmqctl list_queues -q --formatter json -p %s name durable" % VHOST))
+    durable = {q["name"]: q["durable"] for q in queues}
+    for queue in ("celery", "hipri"):
+        assert durable.get(queue) is True, durable
+
+
+def test_no_worker_still_uses_redis():
+    """After the switch from Redis (the scenario's prepare step), no celery process keeps a
+    connection to Redis: every worker and beat restarted with the amqp:// URL."""
+    for name in WORKERS + hosts_in("celery_beat"):
+        out = host_of(name).run("ss -tnpH state established '( dport = :6379 )'")
+        assert out.stdout.strip() == "", "%s still talks to Redis:\n%s" % (name, out.stdout)
