@@ -148,3 +148,34 @@ def test_time_limit_above_visibility_timeout(tmp_path):
 def test_time_limit_missing(tmp_path, value):
     rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {"celery_worker_time_limit": value}})
     assert_stopped_in_preflight(rc, out, "celery_worker_time_limit on bad-input-worker1")
+
+
+FLOWER_GROUPS = {"brokers": ["bad-input-broker"], "celery_workers": ["bad-input-worker1"],
+                 "celery_beat": ["bad-input-beat"], "flower": ["bad-input-flower"]}
+FLOWER = {"vault_celery_flower_password": "not-a-real-password-789",
+          "celery_flower_password": "{{ vault_celery_flower_password }}"}
+
+
+def test_good_flower_inventory_passes_preflight(tmp_path):
+    rc, out = run_site(tmp_path, all_vars=FLOWER, groups=FLOWER_GROUPS)
+    assert "PLAY [Broker tier]" in out, out
+
+
+def test_flower_without_password(tmp_path):
+    rc, out = run_site(tmp_path, groups=FLOWER_GROUPS)
+    assert_stopped_in_preflight(rc, out, "celery_flower_password is empty on bad-input-flower")
+
+
+@pytest.mark.parametrize("password", ["with space", "a,b", "a:b"])
+def test_flower_password_flower_would_split(tmp_path, password):
+    rc, out = run_site(tmp_path, all_vars=dict(FLOWER, celery_flower_password=password),
+                       groups=FLOWER_GROUPS)
+    assert_stopped_in_preflight(rc, out, "celery_flower_password")
+
+
+def test_flower_on_the_broker_port_of_its_host(tmp_path):
+    groups = dict(FLOWER_GROUPS, flower=["bad-input-broker"])
+    rc, out = run_site(tmp_path, all_vars=FLOWER, groups=groups,
+                       host_vars={"bad-input-broker": {"celery_flower_port": 6379}})
+    assert_stopped_in_preflight(rc, out, "celery_flower_port on bad-input-broker is 6379",
+                                "another tier")

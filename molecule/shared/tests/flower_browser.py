@@ -1,0 +1,84 @@
+"""Look at Flower the way an operator does: in a real (headless) Chromium, logged in with basic
+authentication. Used by test_flower.py; runnable by hand against the sandbox:
+
+    python flower_browser.py http://127.0.0.1:5555/ admin PASSWORD worker1@celery-sandbox-worker1
+"""
+
+import os
+import sys
+import time
+
+from playwright.sync_api import sync_playwright
+
+CHROMIUM = os.environ.get("KIT_CHROMIUM", "/usr/bin/chromium")
+# Without the background-networking switches Chromium calls home, which a closed network refuses.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _rows(page, table):
+    return page.eval_on_selector_all(
+        "#%s tbody tr" % table,
+        "rows => rows.map(r => Array.from(r.querySelectorAll('td')).map(td => td.textContent.replace(/\s+/g, ' ').trim()))")
+
+
+def _wait_for(page, what, predicate, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for %s" % what)
+        page.wait_for_timeout(500)
+
+
+def look(url, user, password, workers, task_id=None, shots_dir=None, timeout=60):
+    """Return {'workers': {name: status text}, 'task': state text or None}."""
+    base = url.rstrip("/")
+    seen = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(http_credentials={"username": user, "password": password},
+                                          viewport={"width": 1400, "height": 900})
+            page = context.new_page()
+            page.goto(base + "/workers", wait_until="networkidle")
+
+            def workers_online():
+                rows = {r[0]: r[1] for r in _rows(page, "workers-table") if len(r) > 1}
+                if all(w in rows for w in workers):
+                    return rows
+                page.reload(wait_until="networkidle")
+                return None
+
+            rows = _wait_for(page, "every worker on the workers page", workers_online, timeout)
+            seen["workers"] = {w: rows[w] for w in workers}
+            if shots_dir:
+                page.screenshot(path=os.path.join(shots_dir, "flower-workers.png"), full_page=True)
+
+            seen["task"] = None
+            if task_id:
+                page.goto(base + "/tasks", wait_until="networkidle")
+
+                def task_state():
+                    for row in _rows(page, "tasks-table"):
+                        if any(task_id in cell for cell in row):
+                            states = [c for c in row if c in ("SUCCESS", "FAILURE", "STARTED",
+                                                             "RECEIVED", "PENDING", "RETRY")]
+                            if "SUCCESS" in states:
+                                return "SUCCESS"
+                    page.reload(wait_until="networkidle")
+                    return None
+
+                seen["task"] = _wait_for(page, "task %s on the tasks page" % task_id, task_state, timeout)
+                if shots_dir:
+                    page.screenshot(path=os.path.join(shots_dir, "flower-tasks.png"), full_page=True)
+        finally:
+            browser.close()
+    return seen
+
+
+if __name__ == "__main__":
+    url, user, password, *names = sys.argv[1:]
+    print(look(url, user, password, names, shots_dir="."))
