@@ -1,0 +1,26 @@
+"""Ask every worker node, through the broker, what it is doing; print one JSON object.
+Read by `python - APP` on a worker host (playbooks/status.yml pipes it in)."""
+
+import json
+import sys
+
+from celery.app.utils import find_app
+
+app = find_app(sys.argv[1])  # the value of CELERY_APP
+inspect = app.control.inspect(timeout=5)
+replies = {
+    "ping": inspect.ping() or {},
+    "active": inspect.active() or {},
+    "reserved": inspect.reserved() or {},
+    "stats": inspect.stats() or {},
+}
+nodes = {}
+for name in set().union(*replies.values()):
+    stats = replies["stats"].get(name, {})
+    nodes[name] = {
+        "ping": "pong" if name in replies["ping"] else "no reply",
+        "active": len(replies["active"].get(name, [])),
+        "reserved": len(replies["reserved"].get(name, [])),
+        "pool": stats.get("pool", {}).get("max-concurrency", "?"),
+    }
+print(json.dumps(nodes))
