@@ -107,6 +107,14 @@ def test_app_uses_the_chosen_broker():
         assert 'broker_url = "%s' % scheme in config, name
 
 
+def test_task_events_only_with_flower():
+    """Workers send task events when the inventory deploys Flower, and not otherwise."""
+    with_flower = bool(hosts_in("flower"))
+    for name in WORKERS:
+        config = host_of(name).file("/opt/celery/app/proj/celeryconfig.py").content_string
+        assert ("worker_send_task_events = True" in config) == with_flower, name
+
+
 def test_add_round_trips_through_the_broker():
     got = run_client(host_of(WORKERS[-1]), (
         "import json; from proj.tasks import add; "
