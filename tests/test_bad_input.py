@@ -64,13 +64,15 @@ def test_unknown_broker(tmp_path, broker):
 @pytest.mark.parametrize("value", [0, -1, "ten", "2.5", True])
 def test_concurrency_not_a_positive_integer(tmp_path, value):
     rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {"celery_worker_concurrency": value}})
-    assert_stopped_in_preflight(rc, out, "celery_worker_concurrency on bad-input-worker1")
+    assert_stopped_in_preflight(rc, out, "Worker settings on bad-input-worker1",
+                                "celery_worker_concurrency is")
 
 
 def test_node_concurrency_not_a_positive_integer(tmp_path):
     nodes = [{"name": "worker1", "concurrency": "ten"}]
     rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {"celery_worker_nodes": nodes}})
-    assert_stopped_in_preflight(rc, out, "celery_worker_nodes on bad-input-worker1", "'ten'")
+    assert_stopped_in_preflight(rc, out, "Worker settings on bad-input-worker1",
+                                "celery_worker_nodes, node 'worker1': concurrency is 'ten'")
 
 
 def test_no_broker_host(tmp_path):
@@ -91,10 +93,11 @@ def test_missing_password(tmp_path):
     assert_stopped_in_preflight(rc, out, "is empty", "set redis_broker_password")
 
 
-@pytest.mark.parametrize("name", ["worker 1", "w;reboot", "$(id)"])
+@pytest.mark.parametrize("name", ["worker 1", "w;reboot", "$(id)", "w`id`", "images-1"])
 def test_node_name_with_shell_characters(tmp_path, name):
     rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {"celery_worker_nodes": [name]}})
-    assert_stopped_in_preflight(rc, out, "celery_worker_nodes on bad-input-worker1")
+    assert_stopped_in_preflight(rc, out, "Worker settings on bad-input-worker1",
+                                "the node name '%s'" % name)
 
 
 @pytest.mark.parametrize("queues", [["a,b"], ['q"x'], "celery"])
@@ -147,7 +150,7 @@ def test_time_limit_above_visibility_timeout(tmp_path):
 @pytest.mark.parametrize("value", [0, "none"])
 def test_time_limit_missing(tmp_path, value):
     rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {"celery_worker_time_limit": value}})
-    assert_stopped_in_preflight(rc, out, "celery_worker_time_limit on bad-input-worker1")
+    assert_stopped_in_preflight(rc, out, "celery_worker_time_limit is")
 
 
 FLOWER_GROUPS = {"brokers": ["bad-input-broker"], "celery_workers": ["bad-input-worker1"],
@@ -179,3 +182,69 @@ def test_flower_on_the_broker_port_of_its_host(tmp_path):
                        host_vars={"bad-input-broker": {"celery_flower_port": 6379}})
     assert_stopped_in_preflight(rc, out, "celery_flower_port on bad-input-broker is 6379",
                                 "another tier")
+
+
+# The daemonization surface (issue 4): every bad value names its variable.
+W1 = "bad-input-worker1"
+
+
+@pytest.mark.parametrize("host_vars, words", [
+    ({"celery_worker_pool": "forkserver"}, ["celery_worker_pool is 'forkserver'", "prefork"]),
+    ({"celery_worker_nodes": [{"name": "w1", "pool": "greenlets"}]},
+     ["celery_worker_nodes, node 'w1': pool is 'greenlets'"]),
+    ({"celery_worker_autoscale": "2,10"}, ["celery_worker_autoscale", "max 2 is below min 10"]),
+    ({"celery_worker_node_opts": {"1": {"autoscale": [3, 5]}}},
+     ["celery_worker_nodes, node 'worker1': autoscale", "max 3 is below min 5"]),
+    ({"celery_worker_nodes": 0}, ["celery_worker_nodes: a count must be 1 to 64"]),
+    ({"celery_worker_nodes": 3, "celery_worker_node_opts": {"2-5": {"concurrency": 4}}},
+     ["celery_worker_node_opts['2-5']: range 2-5 is outside nodes 1-3"]),
+    ({"celery_worker_node_opts": {"images": {"concurrency": 4}}},
+     ["celery_worker_node_opts['images']: 'images' is neither a node name"]),
+    ({"celery_worker_nodes": [{"name": "w1", "queues": ["a b"]}]},
+     ["celery_worker_nodes, node 'w1': queue name 'a b'"]),
+    ({"celery_worker_nodes": ["w1@%x"]}, ["the host part '%x'"]),
+    ({"celery_worker_soft_time_limit": 300}, ["celery_worker_soft_time_limit", "must be below time_limit 300"]),
+    ({"celery_worker_loglevel": "verbose"}, ["celery_worker_loglevel is 'verbose'"]),
+    ({"celery_worker_extra_opts": "-O fair; rm -rf /"}, ["celery_worker_extra_opts", "no quotes, $, ;"]),
+    ({"celery_worker_nodes": ["w1", "w1"]}, ["node 'w1' appears twice"]),
+    ({"celery_worker_nodes": [{"name": "w1", "concurency": 4}]}, ["unknown setting 'concurency'"]),
+    ({"celery_worker_stop_timeout": 200}, ["celery_worker_stop_timeout on bad-input-worker1 is 200"]),
+    ({"celery_worker_pid_file": "/run/celery/worker.pid"}, ["celery_worker_pid_file"]),
+    ({"celery_init_system": "upstart"}, ["celery_init_system on bad-input-worker1 is 'upstart'"]),
+], ids=lambda v: json.dumps(v)[:60] if isinstance(v, dict) else None)
+def test_bad_worker_settings(tmp_path, host_vars, words):
+    rc, out = run_site(tmp_path, host_vars={W1: host_vars})
+    assert_stopped_in_preflight(rc, out, *words)
+
+
+@pytest.mark.parametrize("entry, words", [
+    ({"name": "r", "task": "proj.tasks.add", "crontab": {"minute": 60}},
+     ["celery_app_beat_schedule[r].crontab.minute is 60", "allowed: 0-59"]),
+    ({"name": "r", "task": "proj.tasks.add", "crontab": {"hour": "9-25"}},
+     ["celery_app_beat_schedule[r].crontab.hour is '9-25'"]),
+    ({"name": "r", "task": "proj.tasks.add", "crontab": {"day_of_week": "funday"}},
+     ["celery_app_beat_schedule[r].crontab.day_of_week"]),
+    ({"name": "r", "task": "proj.tasks.add", "crontab": {"month_of_year": 13}},
+     ["celery_app_beat_schedule[r].crontab.month_of_year is 13"]),
+    ({"name": "r", "task": "proj.tasks.add", "crontab": {"minutes": 5}},
+     ["celery_app_beat_schedule[r].crontab.minutes is not a crontab field"]),
+    ({"name": "s", "task": "proj.tasks.add", "solar": {"event": "moonrise", "latitude": 1, "longitude": 2}},
+     ["celery_app_beat_schedule[s].solar.event is 'moonrise'", "sunset"]),
+    ({"name": "s", "task": "proj.tasks.add", "solar": {"event": "sunset", "latitude": 91, "longitude": 0}},
+     ["celery_app_beat_schedule[s].solar.latitude is 91"]),
+    ({"name": "e", "task": "proj.tasks.add", "every": 10, "crontab": {"minute": 1}},
+     ["celery_app_beat_schedule[e]: give exactly one of every"]),
+    ({"name": "e", "task": "proj.tasks.add", "every": 0}, ["celery_app_beat_schedule[e].every is 0"]),
+])
+def test_bad_beat_schedule(tmp_path, entry, words):
+    rc, out = run_site(tmp_path, all_vars={"celery_app_beat_schedule": [entry]})
+    assert_stopped_in_preflight(rc, out, *words)
+
+
+@pytest.mark.parametrize("beat_vars, words", [
+    ({"celery_beat_scheduler": "x; reboot"}, ["celery_beat_scheduler is 'x; reboot'"]),
+    ({"celery_beat_extra_opts": "$(reboot)"}, ["celery_beat_extra_opts"]),
+])
+def test_bad_beat_settings(tmp_path, beat_vars, words):
+    rc, out = run_site(tmp_path, host_vars={"bad-input-beat": beat_vars})
+    assert_stopped_in_preflight(rc, out, *words)

@@ -1,37 +1,85 @@
-"""Template tests: render /etc/default/celeryd and /etc/default/celerybeat for a table of
-inventory cases (no containers), check them with `sh -n`, and read them back with sh to prove
-each variable holds exactly what the inventory asked for."""
+"""Template tests (no containers): render /etc/default/celeryd, /etc/default/celerybeat, the
+units and each node's drop-in for a table of inventory cases; check the shell files with
+`sh -n` and read them back with sh; ask celery multi itself (the version the kit deploys) what
+each node runs with, both as /etc/init.d/celeryd starts them (all nodes at once) and as systemd
+does (one node per unit); and check the units with `systemd-analyze verify`."""
 
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 
 import pytest
+from celery.apps.multi import MultiParser, NamespacedOptionParser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAYBOOK = os.path.join(ROOT, "tests", "render.yml")
+FILTERS = ":".join(os.path.join(ROOT, "roles", r, "filter_plugins") for r in ("celery_worker", "celery_app"))
 
+# Case: (inventory vars, expected variables of /etc/default/celeryd, expected options per node).
 CASES = {
     "defaults": ({}, {
         "CELERYD_NODES": "worker1",
-        "CELERYD_OPTS": "--time-limit=300 --concurrency=2 --queues=celery,hipri",
+        "CELERYD_OPTS": "--concurrency=2 --queues=celery,hipri --pool=prefork --time-limit=300",
+    }, {
+        "worker1": {"--concurrency": "2", "--queues": "celery,hipri", "--loglevel": "INFO"},
     }),
-    "several nodes, per-node concurrency and queues": ({
+    "the guide's ten nodes: -Q:1-3 images,video -Q:4,5 data -Q default -L:4,5 debug": ({
+        "celery_worker_nodes": 10,
+        "celery_worker_concurrency": 1,
+        "celery_worker_queues": ["default"],
+        "celery_worker_node_opts": {"1-3": {"queues": ["images", "video"]},
+                                    "4,5": {"queues": ["data"], "loglevel": "debug"}},
+    }, {
+        "CELERYD_NODES": " ".join("celery%d" % i for i in range(1, 11)),
+        "CELERYD_OPTS": "--concurrency=1 --queues=default --pool=prefork --time-limit=300"
+                        " --queues:celery1,celery2,celery3=images,video --queues:celery4,celery5=data"
+                        " --loglevel:celery4,celery5=DEBUG",
+    }, dict(
+        {"celery%d" % i: {"--queues": "images,video", "--loglevel": "INFO"} for i in (1, 2, 3)},
+        **{"celery%d" % i: {"--queues": "data", "--loglevel": "DEBUG"} for i in (4, 5)},
+        **{"celery%d" % i: {"--queues": "default", "--loglevel": "INFO"} for i in range(6, 11)},
+    )),
+    "per-node concurrency, names with %h, -O fair": ({
         "celery_worker_concurrency": 8,
         "celery_worker_queues": ["celery"],
-        "celery_worker_nodes": ["default", {"name": "fast", "concurrency": 2, "queues": ["hipri"]}],
+        "celery_worker_optimization": "fair",
+        "celery_worker_nodes": ["default@%h", {"name": "fast", "hostname": "%n.example", "concurrency": 2,
+                                               "queues": ["hipri"]}],
     }, {
-        "CELERYD_NODES": "default fast",
-        "CELERYD_OPTS": "--time-limit=300 --concurrency=8 --queues=celery -c:fast 2 -Q:fast hipri",
+        "CELERYD_NODES": "default@%h fast@%n.example",
+        "CELERYD_OPTS": "--concurrency=8 --queues=celery --pool=prefork --time-limit=300 --optimization=fair"
+                        " --concurrency:fast=2 --queues:fast=hipri",
+    }, {
+        "default": {"--concurrency": "8", "--queues": "celery", "--optimization": "fair"},
+        "fast": {"--concurrency": "2", "--queues": "hipri", "--optimization": "fair"},
     }),
-    "time limit, log level and extra options": ({
+    "pools, autoscale, child limits and time limits": ({
         "celery_worker_time_limit": 120,
-        "celery_worker_loglevel": "DEBUG",
-        "celery_worker_extra_opts": "-O fair",
+        "celery_worker_soft_time_limit": 100,
+        "celery_worker_max_tasks_per_child": 50,
+        "celery_worker_loglevel": "warning",
+        "celery_worker_nodes": ["cpu", {"name": "io", "pool": "gevent", "concurrency": 100},
+                                {"name": "auto", "autoscale": "6,2", "max_memory_per_child": 200000},
+                                {"name": "one", "pool": "solo"}, {"name": "thr", "pool": "threads"},
+                                {"name": "ev", "pool": "eventlet", "time_limit": 60, "soft_time_limit": 50}],
+        "celery_worker_extra_opts": "--without-mingle",
     }, {
-        "CELERYD_OPTS": "--time-limit=120 --concurrency=2 --queues=celery,hipri -O fair",
-        "CELERYD_LOG_LEVEL": "DEBUG",
+        "CELERYD_LOG_LEVEL": "WARNING",
+        "CELERYD_OPTS": "--concurrency=2 --queues=celery,hipri --pool=prefork --max-tasks-per-child=50"
+                        " --time-limit=120 --soft-time-limit=100 --concurrency:io=100"
+                        " --pool:io=gevent --pool:one=solo --pool:thr=threads --pool:ev=eventlet"
+                        " --autoscale:auto=6,2 --max-memory-per-child:auto=200000 --time-limit:ev=60"
+                        " --soft-time-limit:ev=50 --without-mingle",
+    }, {
+        "cpu": {"--pool": "prefork", "--concurrency": "2", "--max-tasks-per-child": "50", "--loglevel": "WARNING"},
+        "io": {"--pool": "gevent", "--concurrency": "100"},
+        "auto": {"--autoscale": "6,2", "--max-memory-per-child": "200000"},
+        "one": {"--pool": "solo"},
+        "ev": {"--pool": "eventlet", "--time-limit": "60", "--soft-time-limit": "50"},
     }),
     "other paths and user": ({
         "celery_venv": "/srv/venvs/app",
@@ -39,13 +87,15 @@ CASES = {
         "celery_app_module": "myapp.celery:app",
         "celery_user": "tasks",
         "celery_group": "tasks",
+        "celery_worker_su_args": "--login",
     }, {
         "CELERY_BIN": "/srv/venvs/app/bin/celery",
         "CELERY_APP": "myapp.celery:app",
         "CELERYD_CHDIR": "/srv/app",
         "CELERYD_USER": "tasks",
         "CELERYD_GROUP": "tasks",
-    }),
+        "CELERYD_SU_ARGS": "--login",
+    }, {}),
 }
 
 ALWAYS = {
@@ -60,7 +110,7 @@ def render(tmp_path, case_vars):
     case.write_text(json.dumps(case_vars))
     out = tmp_path / "out"
     out.mkdir()
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_FILTER_PLUGINS=FILTERS,
                ANSIBLE_CACHE_PLUGIN="memory", ANSIBLE_LOCALHOST_WARNING="false")
     proc = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), PLAYBOOK,
@@ -71,6 +121,16 @@ def render(tmp_path, case_vars):
     return out
 
 
+_RENDERED = {}
+
+
+def render_case(tmp_path_factory, name):
+    """Each table case is rendered once per test session."""
+    if name not in _RENDERED:
+        _RENDERED[name] = render(tmp_path_factory.mktemp("case"), CASES[name][0])
+    return _RENDERED[name]
+
+
 def read_back(path, names):
     """Source the file in sh, as the init scripts do, and print each variable."""
     script = ". %s\n" % path + "".join('printf "%%s\\0" "$%s"\n' % n for n in names)
@@ -78,10 +138,27 @@ def read_back(path, names):
     return dict(zip(names, out.split("\0")))
 
 
+def multi(names, opts, loglevel):
+    """What celery multi makes of `multi start NAMES $CELERYD_OPTS --loglevel=L`: node -> options."""
+    argv = shlex.split(names) + shlex.split(opts) + ["--loglevel=" + loglevel]
+    p = NamespacedOptionParser(argv)
+    p.parse()
+    nodes = {}
+    for node in MultiParser(cmd="celery worker").parse(p):
+        opts = {}
+        for arg in node.argv[1:]:
+            key, eq, value = arg.partition("=")
+            if eq and key.startswith("--"):
+                opts[key] = value
+        nodes[node.name.split("@")[0]] = opts
+    return nodes
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_celeryd_renders_and_reads_back(tmp_path, name):
-    case_vars, expected = CASES[name]
-    out = render(tmp_path, case_vars)
+def test_celeryd_renders_and_reads_back(tmp_path_factory, name):
+    _, expected, _ = CASES[name]
+    out = render_case(tmp_path_factory, name)
+    assert json.loads((out / "problems.json").read_text()) == []
     celeryd = out / "celeryd"
     assert subprocess.run(["sh", "-n", str(celeryd)]).returncode == 0
     want = dict(ALWAYS, **expected)
@@ -93,10 +170,63 @@ def test_celeryd_renders_and_reads_back(tmp_path, name):
     assert beat["CELERYBEAT_USER"] == want.get("CELERYD_USER", "celery")
 
 
-def test_worker_unit_reads_the_defaults_file(tmp_path):
-    out = render(tmp_path, {})
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_node_gets_its_options_from_init_d_and_from_systemd(tmp_path_factory, name):
+    """celery multi applies the same options to a node whether it starts all nodes (init.d)
+    or that node alone (a systemd unit), and they are the ones the inventory asked for."""
+    _, _, per_node = CASES[name]
+    out = render_case(tmp_path_factory, name)
+    env = read_back(out / "celeryd", ["CELERYD_NODES", "CELERYD_OPTS", "CELERYD_LOG_LEVEL"])
+    together = multi(env["CELERYD_NODES"], env["CELERYD_OPTS"], env["CELERYD_LOG_LEVEL"])
+    for full in env["CELERYD_NODES"].split():
+        short = full.split("@")[0]
+        dropin = (out / ("%s.conf" % short)).read_text()
+        node = re.search(r'^Environment="CELERYD_NODE=(.*)"$', dropin, re.M).group(1).replace("%%", "%")
+        assert node == full
+        alone = multi(node, env["CELERYD_OPTS"], env["CELERYD_LOG_LEVEL"])
+        assert alone == {short: together[short]}, short
+    for short, options in per_node.items():
+        for key, value in options.items():
+            assert together[short].get(key) == value, (short, key, together[short])
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "celery").write_text("#!/bin/sh\n")
+    (venv / "bin" / "celery").chmod(0o755)
+    out = render(tmp_path, {"celery_venv": str(venv), "celery_app_dir": str(tmp_path),
+                            "celery_worker_nodes": ["w1", "w2@%h"]})
+    units = tmp_path / "units"
+    units.mkdir()
+    shutil.copy(out / "celery-worker@.service", units / "celery-worker@.service")
+    for node in ("w1", "w2"):
+        (units / ("celery-worker@%s.service.d" % node)).mkdir()
+        shutil.copy(out / ("%s.conf" % node), units / ("celery-worker@%s.service.d" % node) / "node.conf")
+    shutil.copy(out / "celerybeat.service", units / "celerybeat.service")
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(units / "celery-worker@w1.service"),
+                           str(units / "celery-worker@w2.service"), str(units / "celerybeat.service")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Warnings about the unit files themselves fail the test too.
+    assert "celery" not in proc.stderr, proc.stderr
+
+
+def test_worker_unit_reads_the_defaults_file(tmp_path_factory):
+    out = render_case(tmp_path_factory, "defaults")
     unit = (out / "celery-worker@.service").read_text()
     assert "EnvironmentFile=/etc/default/celeryd" in unit
     assert "KillMode=mixed" in unit
-    assert "multi start %i $CELERYD_OPTS" in unit
+    assert "multi start ${CELERYD_NODE} $CELERYD_OPTS" in unit
     assert "TimeoutStopSec=360" in unit  # time limit 300 + 60
+    assert "PIDFile=/run/celery/%i.pid" in unit
+
+
+def test_logrotate_renames_and_never_truncates(tmp_path_factory):
+    text = (render_case(tmp_path_factory, "defaults") / "celery").read_text()
+    assert "/var/log/celery/*.log {" in text
+    assert "copytruncate" not in text.replace("# ", "").split("{", 1)[1]
+    assert "su celery celery" in text
+    assert "delaycompress" in text

@@ -41,9 +41,12 @@ def run_client(host, code, timeout=90):
 
 
 def worker_nodes(name):
-    """The node names the inventory gives a worker host (the role's default is worker1)."""
+    """The node names the inventory gives a worker host (the role's default is worker1): a
+    count N means celery1 .. celeryN; a name's part after '@' is not part of the unit name."""
     nodes = inventory_vars(name).get("celery_worker_nodes", ["worker1"])
-    return [n if isinstance(n, str) else n["name"] for n in nodes]
+    if isinstance(nodes, int) or (isinstance(nodes, str) and nodes.isdigit()):
+        return ["celery%d" % i for i in range(1, int(nodes) + 1)]
+    return [(n if isinstance(n, str) else n["name"]).split("@")[0] for n in nodes]
 
 
 @pytest.hookimpl(hookwrapper=True)

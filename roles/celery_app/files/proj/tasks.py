@@ -18,11 +18,20 @@ def urgent(value):
     return {"value": value, "host": socket.gethostname()}
 
 
+@app.task(bind=True)
+def whoami(self):
+    """Reports the node that ran it: shows which nodes consume a queue."""
+    return self.request.hostname
+
+
 @app.task
-def heartbeat():
-    """Run by beat: leaves the time of its last run in the state directory."""
+def heartbeat(name="heartbeat"):
+    """Run by beat: leaves the time of its last run in the state directory, in a file called
+    `name` (letters, digits, '-' and '_')."""
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError("heartbeat name %r" % name)
     now = time.time()
-    path = os.path.join(app.conf.get("kit_state_dir", "/var/lib/celery"), "heartbeat")
+    path = os.path.join(app.conf.get("kit_state_dir", "/var/lib/celery"), name)
     with open(path + ".tmp", "w") as handle:
         handle.write("%f %s\n" % (now, socket.gethostname()))
     os.replace(path + ".tmp", path)
