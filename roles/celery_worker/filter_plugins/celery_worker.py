@@ -309,6 +309,11 @@ def celery_worker_node_argv(node):
                     + _opts(node, list(SETTINGS)))
 
 
+def celery_worker_health_nodes(resolved):
+    """Each node's full name and queues, for the health check after a restart."""
+    return [{"name": n["fullname"], "queues": list(n["queues"])} for n in resolved]
+
+
 def celery_worker_pools(resolved):
     """The pools used by the nodes, each once."""
     return sorted({n.get("pool") for n in resolved if n.get("pool")})
@@ -322,4 +327,5 @@ class FilterModule:
             "celery_worker_opts": celery_worker_opts,
             "celery_worker_node_argv": celery_worker_node_argv,
             "celery_worker_pools": celery_worker_pools,
+            "celery_worker_health_nodes": celery_worker_health_nodes,
         }

@@ -1,0 +1,190 @@
+"""Restarts under load lose no task. 1,000 tasks (each records its completion) are in flight
+while playbooks/restart.yml restarts the workers host by host; every task must complete, none
+fail, and the journal must show no SIGKILL. Then the failure cases: kill -9 of a worker's main
+process, a broker restart mid-load, and a host (container) restart."""
+
+import collections
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import host_of, hosts_in, run_client
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+WORKERS = hosts_in("celery_workers")
+BROKER = hosts_in("brokers")[0]
+BEAT = hosts_in("celery_beat")
+
+
+def playbook(*args):
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_CACHE_PLUGIN="memory",
+               ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles"), ANSIBLE_NOCOLOR="1")
+    return subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"]] + list(args),
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def main_pids():
+    out = {}
+    for name in WORKERS:
+        for line in host_of(name).run(
+                "for u in $(systemctl list-units --no-legend --plain 'celery-worker@*' | awk '{print $1}'); "
+                "do echo $u $(systemctl show -p MainPID --value $u); done").stdout.splitlines():
+            unit, pid = line.split()
+            out["%s/%s" % (name, unit)] = pid
+    return out
+
+
+def records():
+    """n -> number of times a task recorded it, over every worker host."""
+    counts = collections.Counter()
+    for name in WORKERS:
+        out = host_of(name).run("cat /var/lib/celery/records/*.log 2>/dev/null")
+        for line in out.stdout.splitlines():
+            counts[int(line.split()[0])] += 1
+    return counts
+
+
+def clear_records():
+    for name in WORKERS:
+        host_of(name).run("rm -f /var/lib/celery/records/*.log")
+
+
+def send(first, count, seconds):
+    """Send record(n) for n in [first, first+count); wait for every result; return the failures."""
+    return run_client(host_of(WORKERS[0]), "\n".join([
+        "import json",
+        "from proj.tasks import record",
+        "results = [record.delay(n, %r) for n in range(%d, %d)]" % (seconds, first, first + count),
+        "failed = []",
+        "for r in results:",
+        "    try:",
+        "        r.get(timeout=300)",
+        "    except Exception as exc:",
+        "        failed.append(repr(exc))",
+        "print(json.dumps(failed))"]), timeout=400)
+
+
+def test_rolling_restart_under_load_loses_no_task():
+    clear_records()
+    before = main_pids()
+    outcome = {}
+
+    def restart():
+        time.sleep(3)  # tasks are in flight on both hosts
+        started = time.time()
+        outcome["proc"] = playbook("playbooks/restart.yml")
+        outcome["seconds"] = time.time() - started
+
+    roller = threading.Thread(target=restart)
+    roller.start()
+    failed = send(0, 1000, 0.15)
+    roller.join()
+    proc = outcome["proc"]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    after = main_pids()
+    assert set(after) == set(before) and all(after[u] != before[u] for u in before), (before, after)
+    assert failed == [], failed[:5]
+    counts = records()
+    missing = [n for n in range(1000) if counts[n] == 0]
+    twice = sorted(n for n in range(1000) if counts[n] > 1)
+    print("rolling restart took %.1f s; %d of 1000 tasks ran more than once: %s"
+          % (outcome["seconds"], len(twice), twice[:20]))
+    assert not missing, "%d tasks never completed: %s" % (len(missing), missing[:20])
+    for name in WORKERS:
+        journal = host_of(name).run("journalctl --no-pager -u 'celery-worker@*' | grep -c SIGKILL").stdout.strip()
+        assert journal == "0", "SIGKILL in %s's journal" % name
+
+
+def test_restart_order_and_health_checks():
+    """Host by host (batch 1), each batch health-checked before the next, beat last."""
+    proc = playbook("playbooks/restart.yml", "-e", "celery_restart_batch=1")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    text = proc.stdout
+    waits = [text.index("Wait until this host's nodes answer ping", i) for i in [0]]
+    assert waits
+    assert text.count("PLAY [Rolling restart of the workers]") == len(WORKERS)
+    assert text.rindex("PLAY [Restart beat]") > text.rindex("PLAY [Rolling restart of the workers]")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-e", "celery_restart_batch=0"], "celery_restart_batch is '0'"),
+    (["-e", "celery_restart_batch=9"], "celery_restart_batch is '9'"),
+    (["--limit", BEAT[0]], "No worker host in this run"),
+])
+def test_bad_requests_change_nothing(args, words):
+    before = main_pids()
+    proc = playbook("playbooks/restart.yml", *args)
+    assert proc.returncode != 0
+    assert words in proc.stdout, proc.stdout[-3000:]
+    assert main_pids() == before
+
+
+def test_kill_9_of_a_worker_is_restarted_and_its_task_delivered_again():
+    clear_records()
+    host = host_of(WORKERS[0])  # the only host consuming hipri
+    unit = "celery-worker@worker1.service"
+    old = host.run("systemctl show -p MainPID --value %s" % unit).stdout.strip()
+    result = {}
+
+    def long_task():
+        result["failed"] = run_client(host, "\n".join([
+            "import json",
+            "from proj.tasks import record",
+            "r = record.apply_async((4242, 6), queue='hipri')",
+            "r.get(timeout=180)",
+            "print(json.dumps([]))"]), timeout=200)
+
+    sender = threading.Thread(target=long_task)
+    sender.start()
+    time.sleep(3)  # the task is running on worker1
+    assert host.run("kill -9 %s" % old).rc == 0
+    killed = time.time()
+    while True:
+        new = host.run("systemctl show -p MainPID --value %s" % unit).stdout.strip()
+        if new not in ("0", old) and host.run("systemctl is-active %s" % unit).stdout.strip() == "active":
+            break
+        assert time.time() - killed < 10, "systemd did not restart the node within 10 s"
+        time.sleep(0.5)
+    sender.join()
+    assert result["failed"] == []
+    assert records()[4242] >= 1
+
+
+def test_broker_restart_mid_load_every_task_finishes():
+    clear_records()
+    broker = host_of(BROKER)
+    outcome = {}
+
+    def load():
+        outcome["failed"] = send(0, 300, 0.1)
+
+    sender = threading.Thread(target=load)
+    sender.start()
+    time.sleep(3)
+    assert broker.run("systemctl restart redis-server").rc == 0
+    sender.join()
+    assert outcome["failed"] == [], outcome["failed"][:5]
+    counts = records()
+    assert not [n for n in range(300) if counts[n] == 0]
+
+
+def test_host_restart_brings_every_service_back():
+    for name in WORKERS + BEAT + [BROKER]:
+        subprocess.run(["docker", "restart", name], check=True, timeout=120)
+    deadline = time.time() + 90
+    while True:
+        try:
+            failed = send(5000, 20, 0)
+            break
+        except AssertionError:
+            assert time.time() < deadline, "the cluster did not come back"
+            time.sleep(5)
+    assert failed == []
+    for name in WORKERS:
+        out = host_of(name).run("systemctl is-active 'celery-worker@*'")
+        assert "inactive" not in out.stdout and "failed" not in out.stdout
+    assert host_of(BEAT[0]).service("celerybeat").is_running

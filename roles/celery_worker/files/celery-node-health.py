@@ -1,0 +1,32 @@
+"""Health check of worker nodes after a restart, run with the app's Python as the celery user
+in the app directory (the kit pipes it in on stdin; nothing is written on the host):
+
+    python - APP '[{"name": "worker1@%h", "queues": ["celery"]}, ...]'
+
+Exits 0 when every node answers `inspect ping` and consumes exactly its queues
+(`inspect active_queues`); otherwise prints what is missing and exits 1.
+"""
+
+import json
+import sys
+
+from celery.app.utils import find_app
+from celery.utils.nodenames import host_format
+
+app = find_app(sys.argv[1])
+want = {}
+for node in json.loads(sys.argv[2]):
+    name = node["name"] if "@" in node["name"] else node["name"] + "@%h"
+    want[host_format(name)] = sorted(node["queues"])
+inspect = app.control.inspect(destination=sorted(want), timeout=3)
+pongs = inspect.ping() or {}
+queues = inspect.active_queues() or {}
+problems = []
+for name, expected in sorted(want.items()):
+    got = sorted(q["name"] for q in queues.get(name) or [])
+    if name not in pongs:
+        problems.append("%s does not answer ping" % name)
+    elif got != expected:
+        problems.append("%s consumes %s, not %s" % (name, got, expected))
+print(json.dumps({"nodes": sorted(want), "problems": problems}))
+sys.exit(1 if problems else 0)
