@@ -5,6 +5,7 @@ process, a broker restart mid-load, and a host (container) restart."""
 
 import collections
 import os
+import re
 import subprocess
 import threading
 import time
@@ -21,10 +22,12 @@ BEAT = hosts_in("celery_beat")
 
 def playbook(*args):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_CACHE_PLUGIN="memory",
-               ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles"), ANSIBLE_NOCOLOR="1")
-    return subprocess.run(
+               ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    proc = subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"]] + list(args),
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc.stdout = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
+    return proc
 
 
 def main_pids():
@@ -170,6 +173,73 @@ def test_broker_restart_mid_load_every_task_finishes():
     assert outcome["failed"] == [], outcome["failed"][:5]
     counts = records()
     assert not [n for n in range(300) if counts[n] == 0]
+
+
+def test_stop_and_start_playbooks():
+    proc = playbook("playbooks/stop.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    for name in WORKERS:
+        out = host_of(name).run("systemctl is-active $(systemctl list-units --all --no-legend --plain "
+                                "'celery-worker@*' | awk '{print $1}')")
+        assert set(out.stdout.split()) == {"inactive"}, (name, out.stdout)
+    assert not host_of(BEAT[0]).service("celerybeat").is_running
+    proc = playbook("playbooks/start.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert send(6000, 10, 0) == []
+    assert host_of(BEAT[0]).service("celerybeat").is_running
+
+
+def control(*args):
+    proc = playbook("playbooks/control.yml", *args)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout
+
+
+def inspect(method):
+    return run_client(host_of(WORKERS[0]), (
+        "import json; from proj.celery import app; "
+        "print(json.dumps(app.control.inspect(timeout=10).%s() or {}))" % method))
+
+
+def test_control_playbook():
+    def pools():
+        return {k: len(v["pool"]["processes"]) for k, v in inspect("stats").items()}
+
+    before = pools()
+    control("-e", "celery_control=pool_grow", "-e", "celery_control_n=1")
+    deadline = time.time() + 20
+    while True:  # the pool starts the new process in the background
+        grown = pools()
+        if all(grown[k] == before[k] + 1 for k in before):
+            break
+        assert time.time() < deadline, (before, grown)
+        time.sleep(1)
+    control("-e", "celery_control=pool_shrink", "-e", "celery_control_n=1")
+    deadline = time.time() + 20
+    while pools() != before:
+        assert time.time() < deadline, (before, pools())
+        time.sleep(1)
+    control("-e", "celery_control=add_consumer", "-e", "celery_control_queue=extra")
+    queues = inspect("active_queues")
+    assert all("extra" in [q["name"] for q in v] for v in queues.values()), queues
+    control("-e", "celery_control=cancel_consumer", "-e", "celery_control_queue=extra")
+    queues = inspect("active_queues")
+    assert not any("extra" in [q["name"] for q in v] for v in queues.values()), queues
+    control("-e", "celery_control=events_on")
+    control("-e", "celery_control=events_off")
+    proc = playbook("playbooks/control.yml", "-e", "celery_control=reboot")
+    assert proc.returncode != 0 and "celery_control is 'reboot'" in proc.stdout
+
+
+def test_status_playbook_shows_every_node():
+    proc = playbook("playbooks/status.yml")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    for name in WORKERS:
+        for line in host_of(name).run("systemctl list-units --no-legend --plain 'celery-worker@*'").stdout.splitlines():
+            unit = line.split()[0]
+            rows = [r for r in proc.stdout.splitlines() if name in r and unit in r]
+            assert rows and "pong" in rows[0] and "active/running" in rows[0], (unit, proc.stdout[-3000:])
+            assert rows[0].rstrip("'\" ").split()[-1] == "4", rows[0]  # pool size (celery_worker_concurrency)
 
 
 def test_host_restart_brings_every_service_back():
