@@ -1,61 +1,15 @@
-"""Helpers shared by the verify tests: hosts by inventory group, and running Celery clients."""
+"""The shared verify helpers (molecule/shared/tests/conftest.py), loaded under another module
+name: this scenario's tests import them from here, and a failure still attaches the journals."""
 
-import json
+import importlib.util
 import os
-import shlex
 
-import pytest
-import testinfra.utils.ansible_runner
+_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tests", "conftest.py")
+_SPEC = importlib.util.spec_from_file_location("kit_shared_conftest", _PATH)
+_SHARED = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_SHARED)
 
-RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"])
-
-VENV = "/opt/celery/venv"
-APP_DIR = "/opt/celery/app"
-
-
-def hosts_in(group):
-    return RUNNER.get_hosts(group)
-
-
-def inventory_vars(name):
-    return RUNNER.get_variables(name)
-
-
-# The broker the scenario's inventory chose (group_vars/all).
-BROKER = inventory_vars(hosts_in("brokers")[0]).get("celery_broker", "redis")
-
-
-def host_of(name):
-    return testinfra.get_host(
-        "ansible://%s" % name, ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"]
-    )
-
-
-def run_client(host, code, timeout=90):
-    """Run Python code as the celery user with the deployed app importable; return its JSON."""
-    cmd = "cd %s && timeout %d runuser -u celery -- %s/bin/python -c %s" % (
-        APP_DIR, timeout, VENV, shlex.quote(code))
-    out = host.run(cmd)
-    assert out.rc == 0, "client failed (rc=%s):\n%s\n%s" % (out.rc, out.stdout, out.stderr)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def worker_nodes(name):
-    """The node names the inventory gives a worker host (the role's default is worker1): a
-    count N means celery1 .. celeryN; a name's part after '@' is not part of the unit name."""
-    nodes = inventory_vars(name).get("celery_worker_nodes", ["worker1"])
-    if isinstance(nodes, int) or (isinstance(nodes, str) and nodes.isdigit()):
-        return ["celery%d" % i for i in range(1, int(nodes) + 1)]
-    return [(n if isinstance(n, str) else n["name"]).split("@")[0] for n in nodes]
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """On a failure, attach the journal of every host's celery and redis units to the report."""
-    outcome = yield
-    report = outcome.get_result()
-    if report.when == "call" and report.failed:
-        for name in hosts_in("all"):
-            out = host_of(name).run(
-                "journalctl --no-pager -n 40 -u 'celery*' -u redis-server -u rabbitmq-server 2>&1")
-            report.sections.append(("journal of %s" % name, out.stdout))
+host_of = _SHARED.host_of
+hosts_in = _SHARED.hosts_in
+run_client = _SHARED.run_client
+pytest_runtest_makereport = _SHARED.pytest_runtest_makereport
