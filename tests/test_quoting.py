@@ -1,0 +1,112 @@
+"""No inventory value can carry a command into /etc/default/celeryd, /etc/default/celerybeat,
+/etc/default/celery-flower, a unit's ExecStart or WorkingDirectory, an init script, redis.conf or
+celeryconfig.py. Values that land in those files unquoted, or inside double quotes that sh
+reads, are restricted to characters that mean nothing there: each attempt below, one per
+variable, must stop in preflight with a message naming the variable. Values that may hold
+anything (passwords, schedule names, task arguments) are escaped instead; molecule/guard
+deploys hostile ones and checks that the cluster works and that no command ran."""
+
+import re
+
+import pytest
+
+from test_bad_input import assert_stopped_in_preflight, run_site
+
+# What an attacker (or a bad paste) would put in: close the quotes, run a command.
+PAYLOAD = '"; touch /tmp/pwned; echo "'
+SUBSHELL = "$(touch /tmp/pwned)"
+BACKTICK = "`touch /tmp/pwned`"
+
+
+def assert_refused(rc, out, name):
+    """Stopped in preflight, and the error itself (not only a loop label) names the variable."""
+    assert_stopped_in_preflight(rc, out)
+    errors = "\n".join(re.findall(r"^\[ERROR\].*$|^ +msg:.*(?:\n {6,}.*)*", out, re.M))
+    assert name in errors, "%s not named in the errors:\n%s" % (name, errors or out)
+
+
+GROUPS_WITH_FLOWER = {
+    "brokers": ["bad-input-broker"],
+    "celery_workers": ["bad-input-worker1"],
+    "celery_beat": ["bad-input-beat"],
+    "flower": ["bad-input-flower"],
+}
+
+CLUSTER_WIDE = [
+    ("celery_venv", "/opt/celery/venv" + PAYLOAD),
+    ("celery_app_dir", "/opt/app " + SUBSHELL),
+    ("celery_home", "/var/lib/celery;id"),
+    ("celery_log_dir", "/var/log/" + BACKTICK),
+    ("celery_run_dir", "/run/celery\nExecStartPre=/bin/touch /tmp/pwned"),
+    ("celery_state_dir", "/var/lib/celery'" + PAYLOAD),
+    ("celery_app_module", "proj; touch /tmp/pwned"),
+    ("celery_user", "celery" + SUBSHELL),
+    ("celery_group", "celery\nExecStartPre=/bin/touch /tmp/pwned"),
+]
+
+
+@pytest.mark.parametrize("name,value", CLUSTER_WIDE, ids=[n for n, _ in CLUSTER_WIDE])
+def test_cluster_wide_values_cannot_carry_a_command(tmp_path, name, value):
+    rc, out = run_site(tmp_path, all_vars={name: value})
+    assert_refused(rc, out, name)
+
+
+WORKER = [
+    ("celery_worker_pid_file", "/run/celery/%n.pid" + PAYLOAD),
+    ("celery_worker_log_file", "/var/log/celery/%n" + SUBSHELL + ".log"),
+    ("celery_worker_su_args", "-l; touch /tmp/pwned"),
+    ("celery_worker_extra_opts", "--without-gossip " + BACKTICK),
+    ("celery_worker_queues", ["celery", "x" + SUBSHELL]),
+    ("celery_worker_loglevel", "INFO" + PAYLOAD),
+    ("celery_worker_nodes", ["w1" + PAYLOAD]),
+]
+
+
+@pytest.mark.parametrize("name,value", WORKER, ids=[n for n, _ in WORKER])
+def test_worker_values_cannot_carry_a_command(tmp_path, name, value):
+    rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {name: value}})
+    assert_refused(rc, out, name)
+
+
+BEAT = [
+    ("celery_beat_schedule_file", "/var/lib/celery/beat" + PAYLOAD),
+    ("celery_beat_log_file", "/var/log/celery/beat.log " + SUBSHELL),
+    ("celery_beat_extra_opts", "--max-interval=5 " + BACKTICK),
+    ("celery_beat_su_args", "-l" + PAYLOAD),
+    ("celery_beat_scheduler", "celery.beat:PersistentScheduler; touch /tmp/pwned"),
+]
+
+
+@pytest.mark.parametrize("name,value", BEAT, ids=[n for n, _ in BEAT])
+def test_beat_values_cannot_carry_a_command(tmp_path, name, value):
+    rc, out = run_site(tmp_path, host_vars={"bad-input-beat": {name: value}})
+    assert_refused(rc, out, name)
+
+
+FLOWER = [
+    ("celery_flower_url_prefix", "flower" + PAYLOAD),
+    ("celery_flower_user", "admin" + SUBSHELL),
+    ("celery_flower_password", 'secret"\nExecStartPre=/bin/touch /tmp/pwned'),
+]
+
+
+@pytest.mark.parametrize("name,value", FLOWER, ids=[n for n, _ in FLOWER])
+def test_flower_values_cannot_carry_a_command(tmp_path, name, value):
+    rc, out = run_site(tmp_path, groups=GROUPS_WITH_FLOWER,
+                       all_vars={"celery_flower_password": "good-password-123"},
+                       host_vars={"bad-input-flower": {name: value}})
+    assert_refused(rc, out, name)
+
+
+def test_redis_password_cannot_add_a_directive(tmp_path):
+    """A quote and a newline would end requirepass and add a directive to redis.conf."""
+    value = 'secret"\nrename-command CONFIG ""\nrequirepass "'
+    rc, out = run_site(tmp_path, all_vars={"vault_redis_broker_password": value})
+    assert_refused(rc, out, "redis_broker_password")
+
+
+def test_setting_name_cannot_carry_python(tmp_path):
+    """Each extra setting becomes `name = <json>` in celeryconfig.py."""
+    settings = {"import os; os.system('touch /tmp/pwned'); x": 1}
+    rc, out = run_site(tmp_path, all_vars={"celery_app_extra_settings": settings})
+    assert_refused(rc, out, "celery_app_extra_settings")
