@@ -1,6 +1,11 @@
 """Bad inventories stop in the preflight play, before any host is touched, with a message that
 names the variable. The hosts here are containers that do not exist: a run that got past
-preflight would fail as unreachable instead, and the test would see it."""
+preflight would fail as unreachable instead, and the test would see it.
+
+With KIT_BAD_INPUT_HOSTS, a JSON map from the host names below to real hosts, the inventories
+name those hosts instead: molecule/guard runs this file (and test_quoting.py) so, and checks
+that no file on them changed. The cases that pass preflight are skipped then, as they would
+deploy."""
 
 import json
 import os
@@ -10,6 +15,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+REAL_HOSTS = json.loads(os.environ.get("KIT_BAD_INPUT_HOSTS") or "{}")
+passes_preflight = pytest.mark.skipif(bool(REAL_HOSTS), reason="would deploy onto the real hosts")
 
 GOOD = {
     "ansible_connection": "community.docker.docker",
@@ -27,8 +35,9 @@ def run_site(tmp_path, all_vars=None, host_vars=None, groups=None):
     }
     inventory = {"all": {"vars": dict(GOOD, **(all_vars or {})), "children": {}}}
     for group, hosts in groups.items():
-        inventory["all"]["children"][group] = {
-            "hosts": {h: (host_vars or {}).get(h, {}) for h in hosts}}
+        members = inventory["all"]["children"][group] = {"hosts": {}}
+        for h in hosts:
+            members["hosts"].setdefault(REAL_HOSTS.get(h, h), {}).update((host_vars or {}).get(h, {}))
     path = tmp_path / "hosts.yml"
     path.write_text(json.dumps(inventory))
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
@@ -44,9 +53,22 @@ def assert_stopped_in_preflight(rc, out, *words):
     assert "PLAY [Broker tier]" not in out, "got past preflight:\n" + out
     assert "UNREACHABLE" not in out, out
     for word in words:
+        for fake in sorted(REAL_HOSTS, key=len, reverse=True):
+            word = word.replace(fake, REAL_HOSTS[fake])
         assert word in out, "%r not in output:\n%s" % (word, out)
 
 
+# The roles' argument specs (roles/*/meta/argument_specs.yml) check each variable's type and,
+# for a closed set, its value, in the first task of each role's preflight.yml. Their messages:
+def spec_type_error(var, given, wanted):
+    return "argument '%s' is of type %s and we were unable to convert to %s" % (var, given, wanted)
+
+
+def spec_choice_error(var, value):
+    return ["value of %s must be one of:" % var, "got: %s" % value]
+
+
+@passes_preflight
 def test_good_inventory_passes_preflight(tmp_path):
     """The control case: the same inventory, valid, gets past preflight (and then finds the
     hosts unreachable)."""
@@ -58,14 +80,22 @@ def test_good_inventory_passes_preflight(tmp_path):
 @pytest.mark.parametrize("broker", ["rabbit", "kafka", ""])
 def test_unknown_broker(tmp_path, broker):
     rc, out = run_site(tmp_path, all_vars={"celery_broker": broker})
-    assert_stopped_in_preflight(rc, out, "celery_broker is '%s'" % broker, "redis")
+    assert_stopped_in_preflight(rc, out, "value of celery_broker must be one of: redis, rabbitmq, got: %s" % broker)
 
 
-@pytest.mark.parametrize("value", [0, -1, "ten", "2.5", True])
-def test_concurrency_not_a_positive_integer(tmp_path, value):
+# An int that is not positive (or a bool) passes the spec and is stopped by the worker checks;
+# a value that is not an int at all is stopped by the spec.
+@pytest.mark.parametrize("value, words", [
+    (0, ["Worker settings on bad-input-worker1", "celery_worker_concurrency is 0;"]),
+    (-1, ["Worker settings on bad-input-worker1", "celery_worker_concurrency is -1;"]),
+    ("ten", [spec_type_error("celery_worker_concurrency", "str", "int")]),
+    ("2.5", [spec_type_error("celery_worker_concurrency", "str", "int")]),
+    (True, ["Worker settings on bad-input-worker1", "celery_worker_concurrency is True;"]),
+    (None, [spec_type_error("celery_worker_concurrency", "NoneType", "int")]),
+])
+def test_concurrency_not_a_positive_integer(tmp_path, value, words):
     rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {"celery_worker_concurrency": value}})
-    assert_stopped_in_preflight(rc, out, "Worker settings on bad-input-worker1",
-                                "celery_worker_concurrency is")
+    assert_stopped_in_preflight(rc, out, *words)
 
 
 def test_node_concurrency_not_a_positive_integer(tmp_path):
@@ -100,10 +130,16 @@ def test_node_name_with_shell_characters(tmp_path, name):
                                 "the node name '%s'" % name)
 
 
-@pytest.mark.parametrize("queues", [["a,b"], ['q"x'], "celery"])
-def test_bad_queue_names(tmp_path, queues):
+@pytest.mark.parametrize("queues, words", [
+    (["a,b"], ["celery_worker_queues: queue name 'a,b'"]),
+    (['q"x'], ["celery_worker_queues: queue name 'q\"x'"]),
+    (["it's"], ["celery_worker_queues: queue name \"it's\""]),
+    ("celery", ["celery_worker_queues is 'celery'"]),
+    ({"celery": 1}, [spec_type_error("celery_worker_queues", "dict", "list")]),
+])
+def test_bad_queue_names(tmp_path, queues, words):
     rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {"celery_worker_queues": queues}})
-    assert_stopped_in_preflight(rc, out, "queues")
+    assert_stopped_in_preflight(rc, out, *words)
 
 
 RABBITMQ = {"celery_broker": "rabbitmq",
@@ -111,6 +147,7 @@ RABBITMQ = {"celery_broker": "rabbitmq",
             "rabbitmq_broker_password": "{{ vault_rabbitmq_broker_password }}"}
 
 
+@passes_preflight
 def test_good_rabbitmq_inventory_passes_preflight(tmp_path):
     rc, out = run_site(tmp_path, all_vars=RABBITMQ)
     assert "PLAY [Broker tier]" in out, out
@@ -147,10 +184,14 @@ def test_time_limit_above_visibility_timeout(tmp_path):
                                 "celery_app_visibility_timeout is 200")
 
 
-@pytest.mark.parametrize("value", [0, "none"])
-def test_time_limit_missing(tmp_path, value):
+@pytest.mark.parametrize("value, words", [
+    (0, ["celery_worker_time_limit is 0;"]),
+    ("none", [spec_type_error("celery_worker_time_limit", "str", "int")]),
+    (None, [spec_type_error("celery_worker_time_limit", "NoneType", "int")]),
+])
+def test_time_limit_missing(tmp_path, value, words):
     rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {"celery_worker_time_limit": value}})
-    assert_stopped_in_preflight(rc, out, "celery_worker_time_limit is")
+    assert_stopped_in_preflight(rc, out, *words)
 
 
 FLOWER_GROUPS = {"brokers": ["bad-input-broker"], "celery_workers": ["bad-input-worker1"],
@@ -159,6 +200,7 @@ FLOWER = {"vault_celery_flower_password": "not-a-real-password-789",
           "celery_flower_password": "{{ vault_celery_flower_password }}"}
 
 
+@passes_preflight
 def test_good_flower_inventory_passes_preflight(tmp_path):
     rc, out = run_site(tmp_path, all_vars=FLOWER, groups=FLOWER_GROUPS)
     assert "PLAY [Broker tier]" in out, out
@@ -189,7 +231,8 @@ W1 = "bad-input-worker1"
 
 
 @pytest.mark.parametrize("host_vars, words", [
-    ({"celery_worker_pool": "forkserver"}, ["celery_worker_pool is 'forkserver'", "prefork"]),
+    ({"celery_worker_pool": "forkserver"},
+     ["value of celery_worker_pool must be one of: prefork, threads, solo, eventlet, gevent, got: forkserver"]),
     ({"celery_worker_nodes": [{"name": "w1", "pool": "greenlets"}]},
      ["celery_worker_nodes, node 'w1': pool is 'greenlets'"]),
     ({"celery_worker_autoscale": "2,10"}, ["celery_worker_autoscale", "max 2 is below min 10"]),
@@ -204,7 +247,7 @@ W1 = "bad-input-worker1"
      ["celery_worker_nodes, node 'w1': queue name 'a b'"]),
     ({"celery_worker_nodes": ["w1@%x"]}, ["the host part '%x'"]),
     ({"celery_worker_soft_time_limit": 300}, ["celery_worker_soft_time_limit", "must be below time_limit 300"]),
-    ({"celery_worker_loglevel": "verbose"}, ["celery_worker_loglevel is 'verbose'"]),
+    ({"celery_worker_loglevel": "verbose"}, spec_choice_error("celery_worker_loglevel", "verbose")),
     ({"celery_worker_extra_opts": "-O fair; rm -rf /"}, ["celery_worker_extra_opts", "no quotes, $, ;"]),
     ({"celery_worker_nodes": ["w1", "w1"]}, ["node 'w1' appears twice"]),
     ({"celery_worker_nodes": [{"name": "w1", "concurency": 4}]}, ["unknown setting 'concurency'"]),
@@ -248,3 +291,92 @@ def test_bad_beat_schedule(tmp_path, entry, words):
 def test_bad_beat_settings(tmp_path, beat_vars, words):
     rc, out = run_site(tmp_path, host_vars={"bad-input-beat": beat_vars})
     assert_stopped_in_preflight(rc, out, *words)
+
+
+# Wrong types and values outside a closed set, caught by the roles' argument specs. Each case:
+# the inventory it starts from, the host whose host_vars get the values (None: group_vars/all),
+# the values, and what the message must say.
+BASES = {
+    "redis": ({}, None),
+    "rabbitmq": (RABBITMQ, None),
+    "flower": (FLOWER, FLOWER_GROUPS),
+}
+BROKER = "bad-input-broker"
+BEAT = "bad-input-beat"
+FLOWER_HOST = "bad-input-flower"
+
+
+@pytest.mark.parametrize("base, host, values, words", [
+    # A dict where a list is expected, and the other way round.
+    ("redis", None, {"celery_app_requirements": {"celery": "5.6.0"}},
+     [spec_type_error("celery_app_requirements", "dict", "list")]),
+    ("redis", None, {"celery_app_beat_schedule": {"name": "r", "task": "proj.tasks.add", "every": 5}},
+     [spec_type_error("celery_app_beat_schedule", "dict", "list")]),
+    ("redis", BROKER, {"redis_broker_save": {"3600": 1}}, [spec_type_error("redis_broker_save", "dict", "list")]),
+    ("redis", None, {"celery_app_task_routes": ["proj.tasks.urgent"]},
+     [spec_type_error("celery_app_task_routes", "list", "dict")]),
+    ("redis", None, {"celery_unit_ip_allow": {"10.0.0.5": True}}, [spec_type_error("celery_unit_ip_allow", "dict", "list")]),
+    ("redis", W1, {"celery_worker_node_opts": ["1-3"]}, [spec_type_error("celery_worker_node_opts", "list", "dict")]),
+    # A string for a bool.
+    ("redis", None, {"celery_app_task_acks_late": "sometimes"},
+     [spec_type_error("celery_app_task_acks_late", "str", "bool")]),
+    ("redis", BROKER, {"redis_broker_appendonly": "perhaps"}, [spec_type_error("redis_broker_appendonly", "str", "bool")]),
+    ("redis", W1, {"celery_worker_remove_logs": "sure"}, [spec_type_error("celery_worker_remove_logs", "str", "bool")]),
+    ("rabbitmq", None, {"rabbitmq_broker_management": "enabled"},
+     [spec_type_error("rabbitmq_broker_management", "str", "bool")]),
+    ("redis", None, {"celery_unit_hardening": "maybe"}, [spec_type_error("celery_unit_hardening", "str", "bool")]),
+    # A bad value that arrives through a template (as a vault_ variable would) is caught too.
+    ("redis", None, {"vault_acks_late": "maybe", "celery_app_task_acks_late": "{{ vault_acks_late }}"},
+     [spec_type_error("celery_app_task_acks_late", "str", "bool")]),
+    # Words for numbers.
+    ("redis", None, {"celery_app_visibility_timeout": "1h"}, [spec_type_error("celery_app_visibility_timeout", "str", "int")]),
+    ("redis", None, {"celery_logrotate_rotate": "two weeks"}, [spec_type_error("celery_logrotate_rotate", "str", "int")]),
+    # celery_broker_port takes its value from redis_broker_port and is checked first, on every host;
+    # the message shows its description, which names redis_broker_port.
+    ("redis", BROKER, {"redis_broker_port": "six thousand"},
+     [spec_type_error("celery_broker_port", "str", "int"), "redis_broker_port"]),
+    ("rabbitmq", BROKER, {"rabbitmq_broker_management_port": "web"},
+     [spec_type_error("rabbitmq_broker_management_port", "str", "int")]),
+    ("redis", W1, {"celery_worker_max_tasks_per_child": "many"},
+     [spec_type_error("celery_worker_max_tasks_per_child", "str", "int")]),
+    ("rabbitmq", None, {"rabbitmq_broker_consumer_timeout": "30m"},
+     [spec_type_error("rabbitmq_broker_consumer_timeout", "str", "int")]),
+    ("rabbitmq", None, {"rabbitmq_broker_vm_memory_high_watermark": "most"},
+     [spec_type_error("rabbitmq_broker_vm_memory_high_watermark", "str", "float")]),
+    ("flower", FLOWER_HOST, {"celery_flower_port": "http"}, [spec_type_error("celery_flower_port", "str", "int")]),
+    # Beat schedule entries: a known key of the wrong type, and a misspelt key.
+    ("redis", None, {"celery_app_beat_schedule": [{"name": "r", "task": "proj.tasks.add", "every": "ten"}]},
+     ["argument 'every' is of type str found in 'celery_app_beat_schedule'"]),
+    ("redis", None, {"celery_app_beat_schedule": [{"name": "r", "taks": "proj.tasks.add", "every": 5}]},
+     ["celery_app_beat_schedule.taks", "missing required arguments: task found in celery_app_beat_schedule"]),
+    # Values outside a closed set.
+    ("redis", None, {"celery_logrotate_frequency": "fortnightly"},
+     spec_choice_error("celery_logrotate_frequency", "fortnightly")),
+    ("redis", BROKER, {"redis_broker_appendfsync": "sometimes"}, spec_choice_error("redis_broker_appendfsync", "sometimes")),
+    ("redis", BROKER, {"redis_broker_loglevel": "loud"}, spec_choice_error("redis_broker_loglevel", "loud")),
+    ("redis", BROKER, {"redis_broker_maxmemory_policy": "allkeys-lru"},
+     spec_choice_error("redis_broker_maxmemory_policy", "allkeys-lru")),
+    ("redis", W1, {"celery_worker_optimization": "fast"}, spec_choice_error("celery_worker_optimization", "fast")),
+    ("redis", BEAT, {"celery_beat_loglevel": "chatty"}, spec_choice_error("celery_beat_loglevel", "chatty")),
+], ids=lambda v: json.dumps(v)[:60] if isinstance(v, dict) else None)
+def test_bad_types_and_choices(tmp_path, base, host, values, words):
+    base_vars, groups = BASES[base]
+    if host is None:
+        rc, out = run_site(tmp_path, all_vars=dict(base_vars, **values), groups=groups)
+    else:
+        rc, out = run_site(tmp_path, all_vars=base_vars, host_vars={host: values}, groups=groups)
+    assert_stopped_in_preflight(rc, out, "Validation of arguments failed", *words)
+
+
+@passes_preflight
+def test_templated_values_pass_preflight(tmp_path):
+    """The specs check the templated values: numbers and bools that come from vault_ variables
+    or expressions as strings pass, like the literal ones."""
+    all_vars = dict(FLOWER, vault_acks_late="true", celery_app_task_acks_late="{{ vault_acks_late }}",
+                    celery_app_visibility_timeout="{{ 3600 * 2 }}", redis_broker_port="{{ '6380' }}",
+                    celery_logrotate_rotate="{{ '7' }}")
+    host_vars = {W1: {"vault_concurrency": "4", "celery_worker_concurrency": "{{ vault_concurrency }}",
+                      "celery_worker_queues": "{{ ['celery', 'hipri'] }}", "celery_worker_optimization": "fair"},
+                 FLOWER_HOST: {"celery_flower_port": "{{ '5556' }}"}}
+    rc, out = run_site(tmp_path, all_vars=all_vars, host_vars=host_vars, groups=FLOWER_GROUPS)
+    assert "PLAY [Broker tier]" in out, out
