@@ -51,35 +51,26 @@ def test_cluster_wide_values_cannot_carry_a_command(tmp_path, name, value):
     assert_refused(rc, out, name)
 
 
-WORKER = [
-    ("celery_worker_pid_file", "/run/celery/%n.pid" + PAYLOAD),
-    ("celery_worker_log_file", "/var/log/celery/%n" + SUBSHELL + ".log"),
-    ("celery_worker_su_args", "-l; touch /tmp/pwned"),
-    ("celery_worker_extra_opts", "--without-gossip " + BACKTICK),
-    ("celery_worker_queues", ["celery", "x" + SUBSHELL]),
-    ("celery_worker_loglevel", "INFO" + PAYLOAD),
-    ("celery_worker_nodes", ["w1" + PAYLOAD]),
+# (host, variable, value): values set on one host of the inventory.
+PER_HOST = [
+    ("bad-input-worker1", "celery_worker_pid_file", "/run/celery/%n.pid" + PAYLOAD),
+    ("bad-input-worker1", "celery_worker_log_file", "/var/log/celery/%n" + SUBSHELL + ".log"),
+    ("bad-input-worker1", "celery_worker_su_args", "-l; touch /tmp/pwned"),
+    ("bad-input-worker1", "celery_worker_extra_opts", "--without-gossip " + BACKTICK),
+    ("bad-input-worker1", "celery_worker_queues", ["celery", "x" + SUBSHELL]),
+    ("bad-input-worker1", "celery_worker_loglevel", "INFO" + PAYLOAD),
+    ("bad-input-worker1", "celery_worker_nodes", ["w1" + PAYLOAD]),
+    ("bad-input-beat", "celery_beat_schedule_file", "/var/lib/celery/beat" + PAYLOAD),
+    ("bad-input-beat", "celery_beat_log_file", "/var/log/celery/beat.log " + SUBSHELL),
+    ("bad-input-beat", "celery_beat_extra_opts", "--max-interval=5 " + BACKTICK),
+    ("bad-input-beat", "celery_beat_su_args", "-l" + PAYLOAD),
+    ("bad-input-beat", "celery_beat_scheduler", "celery.beat:PersistentScheduler; touch /tmp/pwned"),
 ]
 
 
-@pytest.mark.parametrize("name,value", WORKER, ids=[n for n, _ in WORKER])
-def test_worker_values_cannot_carry_a_command(tmp_path, name, value):
-    rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {name: value}})
-    assert_refused(rc, out, name)
-
-
-BEAT = [
-    ("celery_beat_schedule_file", "/var/lib/celery/beat" + PAYLOAD),
-    ("celery_beat_log_file", "/var/log/celery/beat.log " + SUBSHELL),
-    ("celery_beat_extra_opts", "--max-interval=5 " + BACKTICK),
-    ("celery_beat_su_args", "-l" + PAYLOAD),
-    ("celery_beat_scheduler", "celery.beat:PersistentScheduler; touch /tmp/pwned"),
-]
-
-
-@pytest.mark.parametrize("name,value", BEAT, ids=[n for n, _ in BEAT])
-def test_beat_values_cannot_carry_a_command(tmp_path, name, value):
-    rc, out = run_site(tmp_path, host_vars={"bad-input-beat": {name: value}})
+@pytest.mark.parametrize("host,name,value", PER_HOST, ids=[n for _, n, _ in PER_HOST])
+def test_worker_and_beat_values_cannot_carry_a_command(tmp_path, host, name, value):
+    rc, out = run_site(tmp_path, host_vars={host: {name: value}})
     assert_refused(rc, out, name)
 
 
