@@ -57,17 +57,27 @@ def clear_records():
 
 
 def send(first, count, seconds):
-    """Send record(n) for n in [first, first+count); wait for every result; return the failures."""
+    """Send record(n) for n in [first, first+count); wait for every result; return the failures.
+    Like a real client, it fetches a result again when its connection to Redis broke (a broker
+    restart); a task that failed, or a result still unreachable after 10 tries, is a failure."""
     return run_client(host_of(WORKERS[0]), "\n".join([
-        "import json",
+        "import json, time",
+        "import redis.exceptions",
         "from proj.tasks import record",
         "results = [record.delay(n, %r) for n in range(%d, %d)]" % (seconds, first, first + count),
         "failed = []",
         "for r in results:",
-        "    try:",
-        "        r.get(timeout=300)",
-        "    except Exception as exc:",
-        "        failed.append(repr(exc))",
+        "    for attempt in range(10):",
+        "        try:",
+        "            r.get(timeout=300)",
+        "        except (redis.exceptions.ConnectionError, ConnectionError) as exc:",
+        "            if attempt == 9:",
+        "                failed.append(repr(exc))",
+        "            time.sleep(1)",
+        "            continue",
+        "        except Exception as exc:",
+        "            failed.append(repr(exc))",
+        "        break",
         "print(json.dumps(failed))"]), timeout=400)
 
 
