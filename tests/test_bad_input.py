@@ -184,6 +184,11 @@ def test_time_limit_above_visibility_timeout(tmp_path):
                                 "celery_app_visibility_timeout is 200")
 
 
+def test_negative_result_backend_retries(tmp_path):
+    rc, out = run_site(tmp_path, all_vars={"celery_app_result_backend_max_retries": -1})
+    assert_stopped_in_preflight(rc, out, "celery_app_result_backend_max_retries is '-1'")
+
+
 @pytest.mark.parametrize("value, words", [
     (0, ["celery_worker_time_limit is 0;"]),
     ("none", [spec_type_error("celery_worker_time_limit", "str", "int")]),

@@ -9,6 +9,7 @@ _SPEC = importlib.util.spec_from_file_location("kit_shared_conftest", _PATH)
 _SHARED = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(_SHARED)
 
+broadcast = _SHARED.broadcast
 host_of = _SHARED.host_of
 hosts_in = _SHARED.hosts_in
 run_client = _SHARED.run_client

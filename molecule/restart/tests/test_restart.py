@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import host_of, hosts_in, run_client
+from conftest import broadcast, host_of, hosts_in, run_client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 WORKERS = hosts_in("celery_workers")
@@ -206,9 +206,7 @@ def control(*args):
 
 
 def inspect(method):
-    return run_client(host_of(WORKERS[0]), (
-        "import json; from proj.celery import app; "
-        "print(json.dumps(app.control.inspect(timeout=10).%s() or {}))" % method))
+    return broadcast(method)
 
 
 def test_control_playbook():

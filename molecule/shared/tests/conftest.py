@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import time
 
 import pytest
 import testinfra.utils.ansible_runner
@@ -38,6 +39,25 @@ def run_client(host, code, timeout=90):
     out = host.run(cmd)
     assert out.rc == 0, "client failed (rc=%s):\n%s\n%s" % (out.rc, out.stdout, out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def broadcast(method, expected=None, deadline=60):
+    """A control broadcast (ping, or an inspect method such as stats) through the deployed
+    broker: node name -> reply. A busy node can miss one round's reply window, so it asks again,
+    keeping every reply, until each of the expected nodes (default: the inventory's) answered or
+    the deadline passed."""
+    if expected is None:
+        expected = {"%s@%s" % (node, name) for name in hosts_in("celery_workers") for node in worker_nodes(name)}
+    call = "app.control.ping(timeout=5)" if method == "ping" else "app.control.inspect(timeout=10).%s()" % method
+    code = ("import json; from proj.celery import app; r = %s; "
+            "r = {k: v for d in r for k, v in d.items()} if isinstance(r, list) else (r or {}); "
+            "print(json.dumps(r))" % call)
+    replies, until = {}, time.time() + deadline
+    while True:
+        replies.update(run_client(host_of(hosts_in("celery_workers")[0]), code))
+        if set(expected) <= set(replies) or time.time() > until:
+            return replies
+        time.sleep(2)
 
 
 def worker_nodes(name):

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from conftest import BROKER, host_of, hosts_in, run_client, worker_nodes
+from conftest import BROKER, broadcast, host_of, hosts_in, run_client, worker_nodes
 
 BROKERS = hosts_in("brokers")
 WORKERS = hosts_in("celery_workers")
@@ -142,10 +142,7 @@ def test_retrying_task_succeeds_after_its_retries():
 
 def test_every_node_answers_ping():
     expected = {"%s@%s" % (node, name) for name in WORKERS for node in worker_nodes(name)}
-    got = run_client(host_of(WORKERS[0]), (
-        "import json; from proj.celery import app; "
-        "print(json.dumps(sorted(k for r in app.control.ping(timeout=5) for k in r)))"))
-    assert set(got) == expected
+    assert set(broadcast("ping", expected)) == expected
 
 
 def test_periodic_task_has_run():

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from conftest import host_of, hosts_in, inventory_vars, run_client
+from conftest import broadcast, host_of, hosts_in, inventory_vars, run_client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "roles", "celery_worker", "filter_plugins"))
@@ -38,10 +38,8 @@ def resolved_nodes(name):
 
 
 def inspect(method):
-    """celery inspect <method> through the deployed broker: node name -> reply."""
-    return run_client(host_of(WORKERS[0]), (
-        "import json; from proj.celery import app; "
-        "print(json.dumps(app.control.inspect(timeout=10).%s() or {}))" % method))
+    """celery inspect <method> through the deployed broker: node name -> reply, from every node."""
+    return broadcast(method)
 
 
 @pytest.fixture(scope="module")
