@@ -1,0 +1,381 @@
+"""The kit's benchmark: how long deploys take and how fast the deployed cluster runs tasks.
+
+    ./kit bench [--runs N] [--only a,b,c,d,e,f] [--sizes 1,2,4,8] [--tasks 5000]
+
+Hosts are local containers like the sandbox's (same image and container settings, names
+celery-bench-*, network celery-bench): a broker, N worker hosts and a beat host, deployed
+with the sandbox's settings minus Flower (inventories/sandbox/group_vars, one node per worker
+host). The four-host cluster (N = 2) is the one the floor script installs by hand.
+
+  (a) fresh deploy of the four hosts: site.yml on bare containers, until a task sent through
+      the deployed broker returns its result
+  (b) the floor: the same installs by bench/floor.sh (plain shell, hosts in parallel)
+  (c) site.yml again, nothing changed
+  (d) site.yml after one host's concurrency changed in its host_vars
+  (e) fresh deploys with 1, 2, 4 and 8 worker hosts (N = 2 is (a))
+  (f) throughput: --tasks no-op tasks (proj.tasks.add) sent from a worker host, until every
+      result is back, through the deployed nodes (the kit's settings) and through plain
+      `celery worker` processes with only the broker and result backend set (Celery's
+      defaults), on the same hosts; Redis, then RabbitMQ
+
+Each figure is the median of --runs runs, with min and max. The table goes to stdout and to
+.cache/bench/results.md, the numbers to .cache/bench/results.json, the plot of (e) and (f) to
+.cache/bench/bench.png. Containers and the network are removed at the end, also on failure.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, ".cache", "bench")
+INVENTORY = os.path.join(OUT, "inventory")
+PREFIX = "celery-bench"
+NETWORK = "celery-bench"
+IMAGE = "celery-kit/debian:12"
+# What systemd as PID 1 needs in a container here (README "Test hosts"), as for the sandbox.
+CAPS = ["SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE", "AUDIT_CONTROL", "SYS_CHROOT", "MKNOD", "SETPCAP",
+        "DAC_READ_SEARCH", "SYS_NICE", "IPC_LOCK", "LINUX_IMMUTABLE"]
+PASSWORD = secrets.token_hex(16)
+
+
+def log(msg):
+    print("[bench %s] %s" % (time.strftime("%H:%M:%S"), msg), file=sys.stderr, flush=True)
+
+
+def run(argv, **kw):
+    kw.setdefault("check", True)
+    return subprocess.run(argv, text=True, **kw)
+
+
+# --- hosts --------------------------------------------------------------------------------
+
+def names(workers):
+    return {"broker": "%s-broker" % PREFIX,
+            "workers": ["%s-worker%d" % (PREFIX, i) for i in range(1, workers + 1)],
+            "beat": "%s-beat" % PREFIX}
+
+
+def destroy():
+    ids = run(["docker", "ps", "-aq", "--filter", "name=^%s-" % PREFIX], capture_output=True).stdout.split()
+    if ids:
+        run(["docker", "rm", "-f"] + ids, capture_output=True)
+    run(["docker", "network", "rm", NETWORK], capture_output=True, check=False)
+
+
+def create(hosts):
+    """Bare containers, as playbooks/sandbox.yml makes them; returns when systemd is up."""
+    destroy()
+    run(["docker", "network", "create", NETWORK], capture_output=True)
+    caps = [a for c in CAPS for a in ("--cap-add", c)]
+    procs = [subprocess.Popen(
+        ["docker", "run", "-d", "--name", h, "--hostname", h, "--network", NETWORK, "--cgroupns=host",
+         "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--tmpfs", "/run", "--tmpfs", "/run/lock",
+         "--security-opt", "seccomp=unconfined", "--stop-signal", "SIGRTMIN+3"] + caps + [IMAGE, "/sbin/init"],
+        stdout=subprocess.DEVNULL) for h in hosts]
+    if any(p.wait() for p in procs):
+        raise SystemExit("bench: docker run failed")
+    for h in hosts:
+        state = run(["docker", "exec", h, "systemctl", "is-system-running", "--wait"],
+                    capture_output=True, check=False).stdout.strip()
+        if state not in ("running", "degraded"):
+            raise SystemExit("bench: systemd on %s is %r" % (h, state))
+
+
+def write_inventory(workers, broker="redis", concurrency=None):
+    """The sandbox's group_vars (connection, CA certificates, beat schedule) with this bench's
+    hosts and passwords; concurrency: {host: n} written as host_vars."""
+    n = names(workers)
+    shutil.rmtree(INVENTORY, ignore_errors=True)
+    os.makedirs(os.path.join(INVENTORY, "group_vars", "all"))
+    os.makedirs(os.path.join(INVENTORY, "host_vars"))
+    with open(os.path.join(ROOT, "inventories", "sandbox", "group_vars", "all", "main.yml")) as f:
+        group_vars = yaml.safe_load(f)
+    group_vars.update(celery_broker=broker, redis_broker_password=PASSWORD, rabbitmq_broker_password=PASSWORD)
+    with open(os.path.join(INVENTORY, "group_vars", "all", "main.yml"), "w") as f:
+        yaml.safe_dump(group_vars, f)
+    for host, value in (concurrency or {}).items():
+        with open(os.path.join(INVENTORY, "host_vars", "%s.yml" % host), "w") as f:
+            yaml.safe_dump({"celery_worker_concurrency": value}, f)
+    hosts = {"all": {"children": {
+        "brokers": {"hosts": {n["broker"]: None}},
+        "celery_workers": {"hosts": {w: None for w in n["workers"]}},
+        "celery_beat": {"hosts": {n["beat"]: None}}}}}
+    with open(os.path.join(INVENTORY, "hosts.yml"), "w") as f:
+        yaml.safe_dump(hosts, f)
+    return n
+
+
+def playbook(*args):
+    """site.yml (or another playbook) against the bench inventory; seconds it took."""
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+               ANSIBLE_CACHE_PLUGIN_CONNECTION=os.path.join(OUT, "facts"), ANSIBLE_NOCOLOR="1")
+    started = time.monotonic()
+    proc = run(["ansible-playbook", "-i", os.path.join(INVENTORY, "hosts.yml")] + list(args),
+               cwd=ROOT, env=env, capture_output=True, check=False)
+    seconds = time.monotonic() - started
+    with open(os.path.join(OUT, "last-playbook.log"), "w") as f:
+        f.write(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise SystemExit("bench: ansible-playbook %s failed:\n%s" % (" ".join(args), proc.stdout[-3000:]))
+    return seconds
+
+
+def client(host, code, timeout=600):
+    """Python code run as the celery user with the deployed app importable; its last line."""
+    proc = run(["docker", "exec", host, "bash", "-c",
+                "cd /opt/celery/app && timeout %d runuser -u celery -- /opt/celery/venv/bin/python -c %s"
+                % (timeout, shlex_quote(code))], capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit("bench: client on %s failed:\n%s%s" % (host, proc.stdout[-2000:], proc.stderr[-2000:]))
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def shlex_quote(s):
+    return "'" + s.replace("'", "'\"'\"'") + "'"
+
+
+def first_task(host):
+    got = client(host, "from proj.tasks import add; print(add.delay(2, 3).get(timeout=120))")
+    assert got == "5", got
+
+
+# --- measurements -------------------------------------------------------------------------
+
+def fresh_deploy(workers, broker="redis"):
+    """Bare containers -> site.yml -> first task result; seconds (containers not counted)."""
+    n = write_inventory(workers, broker)
+    create([n["broker"]] + n["workers"] + [n["beat"]])
+    shutil.rmtree(os.path.join(OUT, "facts"), ignore_errors=True)
+    started = time.monotonic()
+    playbook("site.yml")
+    first_task(n["workers"][0])
+    return time.monotonic() - started, n
+
+
+def floor():
+    n = names(2)
+    create([n["broker"]] + n["workers"] + [n["beat"]])
+    proc = run([os.path.join(ROOT, "bench", "floor.sh"), n["broker"]] + n["workers"] + [n["beat"]],
+               capture_output=True, check=False, env=dict(os.environ, FLOOR_LOG_DIR=os.path.join(OUT, "floor-logs")))
+    if proc.returncode != 0:
+        raise SystemExit("bench: floor.sh failed:\n%s%s" % (proc.stdout[-2000:], proc.stderr[-2000:]))
+    return float(re.search(r"floor_seconds=([0-9.]+)", proc.stdout).group(1))
+
+
+THROUGHPUT = """
+import sys, time
+from proj.tasks import add
+n = %d
+started = time.monotonic()
+results = [add.delay(i, i) for i in range(n)]
+for r in results:
+    r.get(timeout=600)
+print(n / (time.monotonic() - started))
+"""
+
+# Celery's defaults: the sample app with only the broker and the result backend of the kit's
+# config, run by plain `celery worker` (prefork, one process per CPU, prefetch 4, early ack).
+DEFAULTS_SETUP = r"""
+set -e
+rm -rf /opt/celery/bench && mkdir -p /opt/celery/bench
+cp -r /opt/celery/app/proj /opt/celery/bench/
+cd /opt/celery/app
+/opt/celery/venv/bin/python - <<'EOF'
+from proj import celeryconfig as c
+with open("/opt/celery/bench/proj/celeryconfig.py", "w") as f:
+    f.write("broker_url = %r\nresult_backend = %r\n" % (c.broker_url, c.result_backend))
+EOF
+chown -R root:celery /opt/celery/bench && chmod -R g+rX,o-rwx /opt/celery/bench
+"""
+
+
+def throughput(n, tasks, mode):
+    """tasks/s through the cluster's worker hosts: mode 'kit' (the deployed nodes) or
+    'defaults' (plain workers, the kit's nodes stopped meanwhile)."""
+    code = THROUGHPUT % tasks
+    if mode == "kit":
+        return float(client(n["workers"][0], code))
+    for w in n["workers"]:
+        run(["docker", "exec", w, "bash", "-c", DEFAULTS_SETUP], capture_output=True)
+        run(["docker", "exec", w, "bash", "-c", "systemctl stop 'celery-worker@*'"], capture_output=True)
+        run(["docker", "exec", w, "bash", "-c",
+             "cd /opt/celery/bench && runuser -u celery -- /opt/celery/venv/bin/celery -A proj worker --detach "
+             "-n defaults@%h --logfile=/var/log/celery/defaults.log --pidfile=/var/lib/celery/defaults.pid"],
+            capture_output=True)
+    try:
+        # The client uses the defaults config too (/opt/celery/bench first on the path).
+        first = n["workers"][0]
+        proc = run(["docker", "exec", first, "bash", "-c",
+                    "cd /opt/celery/bench && timeout 900 runuser -u celery -- /opt/celery/venv/bin/python -c %s"
+                    % shlex_quote(code)], capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit("bench: defaults client failed:\n%s" % proc.stderr[-2000:])
+        return float(proc.stdout.strip().splitlines()[-1])
+    finally:
+        for w in n["workers"]:
+            run(["docker", "exec", w, "bash", "-c",
+                 "pkill -TERM -f 'celery -A proj worker --detach'; "
+                 "while pgrep -f 'celery -A proj worker --detach' >/dev/null; do sleep 0.5; done; "
+                 "systemctl start celery-worker@worker1.service"], capture_output=True)
+        first_task(n["workers"][0])
+
+
+def summary(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--only", default="a,b,c,d,e,f")
+    p.add_argument("--sizes", default="1,2,4,8")
+    p.add_argument("--tasks", type=int, default=5000)
+    args = p.parse_args()
+    only = set(args.only.split(","))
+    os.makedirs(OUT, exist_ok=True)
+    res = {"date": time.strftime("%Y-%m-%d %H:%M"), "runs": args.runs, "tasks": args.tasks,
+           "machine": "%s, %d CPUs, %s" % (platform.node(), os.cpu_count(), platform.platform(terse=True)),
+           "strategy": os.environ.get("ANSIBLE_STRATEGY", "mitogen_linear")}
+    try:
+        if "b" in only:
+            values = []
+            for i in range(args.runs):
+                log("(b) floor, run %d" % (i + 1))
+                values.append(floor())
+                log("    %.1f s" % values[-1])
+            res["b"] = summary(values)
+        # Fresh deploys; the four-host size comes last, so that its cluster stays up for (c), (d), (f).
+        sizes = [int(s) for s in args.sizes.split(",")] if "e" in only else []
+        sizes = [s for s in sizes if s != 2] + ([2] if only & {"a", "c", "d", "e", "f"} else [])
+        deploys, n2 = {}, None
+        for size in sizes:
+            for i in range(args.runs if size == 2 and only & {"a", "e"} or size != 2 else 1):
+                log("(e) fresh deploy, %d worker host(s), run %d" % (size, i + 1))
+                seconds, n2 = fresh_deploy(size)
+                deploys.setdefault(str(size), []).append(seconds)
+                log("    %.1f s" % seconds)
+        if only & {"a", "e"}:
+            res["e"] = {k: summary(v) for k, v in deploys.items()}
+            res["a"] = res["e"]["2"]
+        if "c" in only:
+            values = []
+            for i in range(args.runs):
+                values.append(playbook("site.yml"))
+                log("(c) unchanged re-run %d: %.1f s" % (i + 1, values[-1]))
+            res["c"] = summary(values)
+        if "d" in only:
+            values = []
+            for i in range(args.runs):
+                write_inventory(2, concurrency={n2["workers"][1]: 3 + i % 2})
+                values.append(playbook("site.yml"))
+                log("(d) concurrency edit re-run %d: %.1f s" % (i + 1, values[-1]))
+            write_inventory(2)
+            playbook("site.yml")
+            res["d"] = summary(values)
+        if "f" in only:
+            for broker in ("redis", "rabbitmq"):
+                if broker == "rabbitmq":
+                    log("(f) four-host cluster with RabbitMQ")
+                    _, n2 = fresh_deploy(2, broker="rabbitmq")
+                for mode in ("kit", "defaults"):
+                    values = []
+                    for i in range(args.runs):
+                        values.append(throughput(n2, args.tasks, mode))
+                        log("(f) %s, %s, run %d: %.0f tasks/s" % (broker, mode, i + 1, values[-1]))
+                    res.setdefault("f", {}).setdefault(broker, {})[mode] = summary(values)
+    finally:
+        destroy()
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    table = report(res)
+    print(table)
+    with open(os.path.join(OUT, "results.md"), "w") as f:
+        f.write(table + "\n")
+    if "e" in res or "f" in res:
+        plot(res, os.path.join(OUT, "bench.png"))
+        log("plot: %s" % os.path.join(OUT, "bench.png"))
+
+
+def row(label, s, unit="s", target=""):
+    fmt = "%.1f" if unit == "s" else "%.0f"
+    return "| %s | %s | %s | %s | %s |" % (label, fmt % s["median"], fmt % s["min"], fmt % s["max"], target)
+
+
+def report(res):
+    lines = ["Benchmark of %s, %s; %d runs per figure; strategy %s." % (res["date"], res["machine"], res["runs"],
+                                                                       res["strategy"]),
+             "", "| figure | median | min | max | target |", "|---|---|---|---|---|"]
+    if "a" in res:
+        ratio = " (a)/(b) = %.2f, target <= 1.5" % (res["a"]["median"] / res["b"]["median"]) if "b" in res else ""
+        lines.append(row("(a) fresh deploy, 4 hosts, to first task result", res["a"], target=ratio.strip()))
+    if "b" in res:
+        lines.append(row("(b) floor: bench/floor.sh, same installs, 4 hosts in parallel", res["b"]))
+    if "c" in res:
+        lines.append(row("(c) unchanged re-run, 4 hosts", res["c"], target="< 8 s"))
+    if "d" in res:
+        lines.append(row("(d) re-run after one host's concurrency edit", res["d"], target="< 10 s"))
+    if "e" in res:
+        for k in sorted(res["e"], key=int):
+            lines.append(row("(e) fresh deploy, %s worker host(s) + broker + beat" % k, res["e"][k]))
+        if "1" in res["e"] and "8" in res["e"]:
+            lines.append("| (e) 8 worker hosts / 1 | %.2f | | | <= 1.5 |" % (res["e"]["8"]["median"] / res["e"]["1"]["median"]))
+    for broker, modes in res.get("f", {}).items():
+        for mode, s in modes.items():
+            lines.append(row("(f) %s, %s: tasks/s, %d no-op tasks" % (broker, "kit's settings" if mode == "kit"
+                                                                    else "Celery's defaults", res["tasks"]),
+                             s, unit="tasks/s"))
+        if len(modes) == 2:
+            lines.append("| (f) %s kit / defaults | %.2f | | | >= 1 |" % (broker, modes["kit"]["median"] / modes["defaults"]["median"]))
+    return "\n".join(lines)
+
+
+def plot(res, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    if "e" in res:
+        ks = sorted(res["e"], key=int)
+        x = [int(k) for k in ks]
+        med = [res["e"][k]["median"] for k in ks]
+        err = [[m - res["e"][k]["min"] for k, m in zip(ks, med)], [res["e"][k]["max"] - m for k, m in zip(ks, med)]]
+        axes[0].errorbar(x, med, yerr=err, marker="o", capsize=4, label="site.yml, fresh hosts")
+        if "b" in res:
+            axes[0].axhline(res["b"]["median"], color="grey", linestyle="--", label="floor (b), 2 worker hosts")
+        axes[0].set_xscale("log", base=2)
+        axes[0].set_xticks(x, [str(v) for v in x])
+        axes[0].set_xlabel("worker hosts (plus broker and beat)")
+        axes[0].set_ylabel("seconds to first task result")
+        axes[0].set_ylim(bottom=0)
+        axes[0].set_title("(e) fresh deploy")
+        axes[0].legend()
+    if "f" in res:
+        brokers = list(res["f"])
+        for j, mode in enumerate(("kit", "defaults")):
+            vals = [res["f"][b][mode] for b in brokers]
+            med = [v["median"] for v in vals]
+            err = [[m - v["min"] for m, v in zip(med, vals)], [v["max"] - m for m, v in zip(med, vals)]]
+            axes[1].bar([i + j * 0.38 for i in range(len(brokers))], med, 0.38, yerr=err, capsize=4,
+                        label="kit's settings" if mode == "kit" else "Celery's defaults")
+        axes[1].set_xticks([i + 0.19 for i in range(len(brokers))], brokers)
+        axes[1].set_ylabel("tasks per second")
+        axes[1].set_title("(f) %d no-op tasks, 2 worker hosts" % res["tasks"])
+        axes[1].legend()
+    fig.suptitle("celery kit benchmark, %s, %s" % (res["date"], res["machine"]), fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
