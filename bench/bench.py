@@ -86,10 +86,15 @@ def create(hosts):
     if any(p.wait() for p in procs):
         raise SystemExit("bench: docker run failed")
     for h in hosts:
-        state = run(["docker", "exec", h, "systemctl", "is-system-running", "--wait"],
-                    capture_output=True, check=False).stdout.strip()
-        if state not in ("running", "degraded"):
-            raise SystemExit("bench: systemd on %s is %r" % (h, state))
+        deadline = time.monotonic() + 90
+        while True:  # systemd's bus answers a moment after the container starts
+            state = run(["docker", "exec", h, "systemctl", "is-system-running", "--wait"],
+                        capture_output=True, check=False).stdout.strip()
+            if state in ("running", "degraded"):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit("bench: systemd on %s is %r" % (h, state))
+            time.sleep(0.5)
 
 
 def write_inventory(workers, broker="redis", concurrency=None):
@@ -225,8 +230,9 @@ def throughput(n, tasks, mode):
     finally:
         for w in n["workers"]:
             run(["docker", "exec", w, "bash", "-c",
-                 "pkill -TERM -f 'celery -A proj worker --detach'; "
-                 "while pgrep -f 'celery -A proj worker --detach' >/dev/null; do sleep 0.5; done; "
+                 # [c]: the pattern does not match this shell's own command line.
+                 "pkill -TERM -f '[c]elery -A proj worker --detach'; "
+                 "while pgrep -f '[c]elery -A proj worker --detach' >/dev/null; do sleep 0.5; done; "
                  "systemctl start celery-worker@worker1.service"], capture_output=True)
         first_task(n["workers"][0])
 
@@ -246,7 +252,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     res = {"date": time.strftime("%Y-%m-%d %H:%M"), "runs": args.runs, "tasks": args.tasks,
            "machine": "%s, %d CPUs, %s" % (platform.node(), os.cpu_count(), platform.platform(terse=True)),
-           "strategy": os.environ.get("ANSIBLE_STRATEGY", "mitogen_linear")}
+           "strategy": os.environ.get("ANSIBLE_STRATEGY", "linear")}
     try:
         if "b" in only:
             values = []
