@@ -24,6 +24,7 @@ Each figure is the median of --runs runs, with min and max. The table goes to st
 """
 
 import argparse
+import configparser
 import json
 import os
 import platform
@@ -237,6 +238,13 @@ def throughput(n, tasks, mode):
         first_task(n["workers"][0])
 
 
+def config_strategy():
+    """The strategy the kit's ansible.cfg sets (what a plain ansible-playbook run uses)."""
+    parser = configparser.ConfigParser()
+    parser.read(os.path.join(ROOT, "ansible.cfg"))
+    return parser.get("defaults", "strategy", fallback="linear")
+
+
 def summary(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
@@ -252,7 +260,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     res = {"date": time.strftime("%Y-%m-%d %H:%M"), "runs": args.runs, "tasks": args.tasks,
            "machine": "%s, %d CPUs, %s" % (platform.node(), os.cpu_count(), platform.platform(terse=True)),
-           "strategy": os.environ.get("ANSIBLE_STRATEGY", "linear")}
+           "strategy": os.environ.get("ANSIBLE_STRATEGY") or config_strategy()}
     try:
         if "b" in only:
             values = []
