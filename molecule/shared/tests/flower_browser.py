@@ -59,21 +59,19 @@ def look(url, user, password, workers, task_id=None, shots_dir=None, timeout=60)
 
             seen["task"] = None
             if task_id:
-                page.goto(base + "/tasks", wait_until="networkidle")
-
+                # The task's own page, where an operator lands from a search: the tasks list pages
+                # and sorts, so after a few hundred heartbeats one task may be on another page.
                 def task_state():
-                    for row in _rows(page, "tasks-table"):
-                        if any(task_id in cell for cell in row):
-                            states = [c for c in row if c in ("SUCCESS", "FAILURE", "STARTED",
-                                                             "RECEIVED", "PENDING", "RETRY")]
-                            if "SUCCESS" in states:
-                                return "SUCCESS"
-                    page.reload(wait_until="networkidle")
+                    response = page.goto(base + "/task/" + task_id, wait_until="networkidle")
+                    if response is not None and response.ok:
+                        text = page.inner_text("body")
+                        if task_id in text and "SUCCESS" in text.split():
+                            return "SUCCESS"
                     return None
 
-                seen["task"] = _wait_for(page, "task %s on the tasks page" % task_id, task_state, timeout)
+                seen["task"] = _wait_for(page, "task %s on its page" % task_id, task_state, timeout)
                 if shots_dir:
-                    page.screenshot(path=os.path.join(shots_dir, "flower-tasks.png"), full_page=True)
+                    page.screenshot(path=os.path.join(shots_dir, "flower-task.png"), full_page=True)
         finally:
             browser.close()
     return seen
