@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# bench/floor.sh BROKER WORKER1 WORKER2 BEAT
+# bench/floor.sh BROKER WORKER1 WORKER2 BEAT [WORKER3 ...]
 #
 # The floor of bench/ (b): the kit's fresh installs done by a bare shell script, all hosts
 # in parallel, no Ansible. The four arguments are running containers (systemd as PID 1) on
 # one Docker network. Redis goes on BROKER; the venv with the kit's pins, the sample app,
-# and a detached worker (WORKER1, WORKER2) or beat (BEAT) go on the others. The time from
+# and a detached worker (WORKER1, WORKER2 and any further ones) or beat (BEAT) go on the others. The time from
 # the start to the first task result is printed last: floor_seconds=<s>.
 # Per-host apt/pip output goes to $FLOOR_LOG_DIR (default /tmp/floor-logs)/<container>.log.
 set -euo pipefail
-[ $# -eq 4 ] || { echo "usage: $0 BROKER WORKER1 WORKER2 BEAT" >&2; exit 2; }
+[ $# -ge 4 ] || { echo "usage: $0 BROKER WORKER1 WORKER2 BEAT [WORKER3 ...]" >&2; exit 2; }
 start=$(date +%s.%N)
 broker=$1 worker1=$2 worker2=$3 beat=$4
+more_workers=("${@:5}")
 app_src=$(cd "$(dirname "$0")/.." && pwd)/roles/celery_app/files/proj
 logs=${FLOOR_LOG_DIR:-/tmp/floor-logs}
 mkdir -p "$logs"
@@ -76,6 +77,11 @@ job "$broker" install_broker & jobs[$!]=$broker
 job "$worker1" install_celery "$worker1" worker1 & jobs[$!]=$worker1
 job "$worker2" install_celery "$worker2" worker2 & jobs[$!]=$worker2
 job "$beat" install_celery "$beat" beat & jobs[$!]=$beat
+n=2
+for w in "${more_workers[@]}"; do
+  n=$((n + 1))
+  job "$w" install_celery "$w" "worker$n" & jobs[$!]=$w
+done
 failed=0
 for pid in "${!jobs[@]}"; do
   wait "$pid" && continue
