@@ -7,6 +7,12 @@ checks run in order and stop at the first one that fails, as a list of assert ta
 later check may rely on an earlier one. A check's `msg` is only templated when it fails, so it
 may use values that only make sense then.
 
+With `validate: ENTRY`, the task first validates the variables against entry point ENTRY of its
+own role's argument specs (meta/argument_specs.yml), as the task Ansible puts before a role's
+tasks does: the same validator and the same "Validation of arguments failed" message. The
+preflight play imports each role with `rolespec_validate: false` and lets its checks task
+validate, so that a role costs one task there instead of two.
+
 One task instead of one per check: Ansible's cost is per task and host (a worker process, the
 callbacks), and the preflight play runs every check on every host on every run.
 
@@ -15,13 +21,16 @@ callbacks), and the preflight play runs every check on every host on every run.
         checks:
           - that: redis_broker_port | int > 0
             msg: "redis_broker_port is '{{ redis_broker_port }}': ..."
+        validate: preflight
 """
 
 from __future__ import annotations
 
+import os
 import typing as t
 
 from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 
 
@@ -42,9 +51,17 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         del tmp
         checks = self._task.args.get("checks")
-        unknown = set(self._task.args) - {"checks"}
+        unknown = set(self._task.args) - {"checks", "validate"}
         if unknown or not isinstance(checks, list) or not checks:
-            raise AnsibleActionFail("kit_checks takes one argument, checks: a non-empty list of {name, that, msg, when}")
+            raise AnsibleActionFail("kit_checks takes checks (a non-empty list of {name, that, msg, when}) and "
+                                    "optionally validate (an entry point of the role's argument specs)")
+        entry = self._task.args.get("validate")
+        if entry:
+            errors = self._validate(entry, task_vars or {})
+            if errors:
+                result.update(failed=True, argument_errors=errors,
+                              msg="Validation of arguments failed:\n%s" % "\n".join(errors))
+                return result
         for index, check in enumerate(checks):
             if not isinstance(check, dict) or "that" not in check or "msg" not in check \
                     or set(check) - {"name", "that", "msg", "when"}:
@@ -59,6 +76,20 @@ class ActionModule(ActionBase):
                     return result
         result.update(changed=False, msg="All %d checks passed" % len(checks))
         return result
+
+
+    def _validate(self, entry: str, task_vars: dict) -> list:
+        """The errors of the task's variables against its role's argument spec ENTRY."""
+        role = self._task._role
+        if role is None:
+            raise AnsibleActionFail("kit_checks: validate needs a task of a role")
+        path = os.path.join(role._role_path, "meta", "argument_specs.yml")
+        specs = (self._loader.load_from_file(path) or {}).get("argument_specs", {})
+        if entry not in specs:
+            raise AnsibleActionFail("kit_checks: %s has no entry point %r" % (path, entry))
+        spec = specs[entry].get("options", {})
+        provided = self._templar.template({name: task_vars[name] for name in spec if name in task_vars})
+        return ArgumentSpecValidator(spec).validate(provided, validate_role_argument_spec=True).error_messages
 
 
 def _listify(value: t.Any) -> list:

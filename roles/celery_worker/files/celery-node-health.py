@@ -5,10 +5,15 @@ in the app directory (the kit pipes it in on stdin; nothing is written on the ho
 
 Exits 0 when every node answers `inspect ping` and consumes exactly its queues
 (`inspect active_queues`); otherwise prints what is missing and exits 1.
+
+A node restarted a moment ago takes a few seconds to boot, so the nodes that have not answered
+are pinged again every half second, for up to WAIT seconds, before the verdict: one run of this
+script instead of a failed run, the task's retry delay and another Python start.
 """
 
 import json
 import sys
+import time
 
 from celery.app.utils import find_app
 from celery.utils.nodenames import host_format
@@ -18,9 +23,19 @@ want = {}
 for node in json.loads(sys.argv[2]):
     name = node["name"] if "@" in node["name"] else node["name"] + "@%h"
     want[host_format(name)] = sorted(node["queues"])
-inspect = app.control.inspect(destination=sorted(want), timeout=3)
-pongs = inspect.ping() or {}
-queues = inspect.active_queues() or {}
+WAIT = 10
+pongs = {}
+deadline = time.monotonic() + WAIT
+while True:
+    missing = sorted(set(want) - set(pongs))
+    # With a destination, the reply wait ends as soon as every node named has answered.
+    pongs.update(app.control.inspect(destination=missing, timeout=1).ping() or {})
+    if set(want) <= set(pongs) or time.monotonic() > deadline:
+        break
+    time.sleep(0.5)
+queues = {}
+if set(want) <= set(pongs):
+    queues = app.control.inspect(destination=sorted(want), timeout=3).active_queues() or {}
 problems = []
 for name, expected in sorted(want.items()):
     got = sorted(q["name"] for q in queues.get(name) or [])
