@@ -57,9 +57,11 @@ class ActionModule(ActionBase):
                                     "optionally validate (an entry point of the role's argument specs)")
         entry = self._task.args.get("validate")
         if entry:
-            errors = self._validate(entry, task_vars or {})
+            spec, errors = self._validate(entry, task_vars or {})
             if errors:
-                result.update(failed=True, argument_errors=errors,
+                # As Ansible's validate_argument_spec reports it: the spec's descriptions say
+                # which inventory variable a derived one comes from.
+                result.update(failed=True, argument_errors=errors, argument_spec_data=spec,
                               msg="Validation of arguments failed:\n%s" % "\n".join(errors))
                 return result
         for index, check in enumerate(checks):
@@ -78,8 +80,8 @@ class ActionModule(ActionBase):
         return result
 
 
-    def _validate(self, entry: str, task_vars: dict) -> list:
-        """The errors of the task's variables against its role's argument spec ENTRY."""
+    def _validate(self, entry: str, task_vars: dict) -> tuple[dict, list]:
+        """The options of its role's argument spec ENTRY, and the task's variables' errors."""
         role = self._task._role
         if role is None:
             raise AnsibleActionFail("kit_checks: validate needs a task of a role")
@@ -89,7 +91,7 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("kit_checks: %s has no entry point %r" % (path, entry))
         spec = specs[entry].get("options", {})
         provided = self._templar.template({name: task_vars[name] for name in spec if name in task_vars})
-        return ArgumentSpecValidator(spec).validate(provided, validate_role_argument_spec=True).error_messages
+        return spec, ArgumentSpecValidator(spec).validate(provided, validate_role_argument_spec=True).error_messages
 
 
 def _listify(value: t.Any) -> list:
