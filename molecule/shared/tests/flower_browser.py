@@ -69,15 +69,31 @@ def look(url, user, password, workers, task_id=None, shots_dir=None, timeout=60)
             if task_id:
                 # The task's own page, where an operator lands from a search: the tasks list pages
                 # and sorts, so after a few hundred heartbeats one task may be on another page.
-                def task_state():
-                    response = page.goto(base + "/task/" + task_id, wait_until="networkidle")
+                def task_state(wanted):
+                    response = page.goto(base + "/task/" + wanted, wait_until="networkidle")
                     if response is not None and response.ok:
                         text = page.inner_text("body")
-                        if task_id in text and "SUCCESS" in text.split():
+                        if wanted in text and "SUCCESS" in text.split():
                             return "SUCCESS"
                     return None
 
-                seen["task"] = _wait_for(page, "task %s on its page" % task_id, task_state, timeout)
+                # Task events are fire-and-forget (a Redis broker publishes them on pub/sub): one
+                # that Flower missed is never seen. With task_id a function that sends a task and
+                # returns its id, up to three tasks are tried, each given a third of the time.
+                tries = 3 if callable(task_id) else 1
+                for attempt in range(1, tries + 1):
+                    wanted = task_id() if callable(task_id) else task_id
+                    try:
+                        seen["task"] = _wait_for(page, "task %s on its page" % wanted,
+                                                 lambda: task_state(wanted), timeout / tries)
+                        seen["task_attempt"] = attempt
+                        break
+                    except AssertionError:
+                        if shots_dir:
+                            page.screenshot(path=os.path.join(shots_dir, "flower-task-missed-%d.png" % attempt),
+                                            full_page=True)
+                        if attempt == tries:
+                            raise
                 if shots_dir:
                     page.screenshot(path=os.path.join(shots_dir, "flower-task.png"), full_page=True)
         finally:

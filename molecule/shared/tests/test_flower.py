@@ -59,12 +59,15 @@ def test_browser_sees_every_worker_online_and_a_task_succeeded():
 
     workers = ["%s@%s" % (node, name) for name in hosts_in("celery_workers")
                for node in worker_nodes(name)]
-    task_id = run_client(host_of(hosts_in("celery_workers")[0]), (
-        "import json; from proj.tasks import add; r = add.delay(40, 2); r.get(timeout=60); "
-        "print(json.dumps(r.id))"))
+
+    def send_task():
+        return run_client(host_of(hosts_in("celery_workers")[0]), (
+            "import json; from proj.tasks import add; r = add.delay(40, 2); r.get(timeout=60); "
+            "print(json.dumps(r.id))"))
+
     os.makedirs(ARTIFACTS, exist_ok=True)
     user, password = credentials()
-    seen = look(flower_url(), user, password, workers, task_id=task_id, shots_dir=ARTIFACTS)
+    seen = look(flower_url(), user, password, workers, task_id=send_task, shots_dir=ARTIFACTS, timeout=90)
     assert seen["workers"] == {w: "Online" for w in workers}, seen
     assert seen["task"] == "SUCCESS"
     assert os.path.getsize(os.path.join(ARTIFACTS, "flower-workers.png")) > 0
