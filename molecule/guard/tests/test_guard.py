@@ -82,7 +82,8 @@ def test_bad_inputs_are_refused_and_change_no_file_on_any_host():
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/test_bad_input.py", "tests/test_quoting.py"],
-        cwd=ROOT, env=dict(env(), KIT_BAD_INPUT_HOSTS=json.dumps(hosts)),
+        # PYTEST_ADDOPTS cleared: ./kit points it at this verify step's own JUnit report.
+        cwd=ROOT, env=dict(env(), KIT_BAD_INPUT_HOSTS=json.dumps(hosts), PYTEST_ADDOPTS=""),
         capture_output=True, text=True, timeout=1800)
     summary = proc.stdout.strip().splitlines()[-1]
     print("bad-input suite against real hosts: %s" % summary)
