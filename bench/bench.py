@@ -276,6 +276,17 @@ def main():
                 log("    %.1f s" % values[-1])
             res["b"] = summary(values)
             res["floor_workers"] = args.floor_workers
+        # The floor with the largest size of (e) too: how much of (e)'s growth the installs
+        # themselves show on this machine.
+        big = max(int(s) for s in args.sizes.split(","))
+        if "b" in only and "e" in only and big != args.floor_workers:
+            values = []
+            for i in range(args.runs):
+                log("(b) floor, %d worker hosts, run %d" % (big, i + 1))
+                values.append(floor(big))
+                log("    %.1f s" % values[-1])
+            res["b_big"] = summary(values)
+            res["b_big_workers"] = big
         # Fresh deploys; the four-host size comes last, so that its cluster stays up for (c), (d), (f).
         sizes = [int(s) for s in args.sizes.split(",")] if "e" in only else []
         sizes = [s for s in sizes if s != 2] + ([2] if only & {"a", "c", "d", "e", "f"} else [])
@@ -353,6 +364,14 @@ def report(res):
             lines.append(row("(e) fresh deploy, %s worker host(s) + broker + beat" % k, res["e"][k]))
         if "1" in res["e"] and "8" in res["e"]:
             lines.append("| (e) 8 worker hosts / 1 | %.2f | | | <= 1.5 |" % (res["e"]["8"]["median"] / res["e"]["1"]["median"]))
+    if "b_big" in res:
+        big = res["b_big_workers"]
+        lines.append(row("(b) floor, %d worker hosts + broker + beat" % big, res["b_big"]))
+        lines.append("| (b) floor, %d worker hosts / %d | %.2f | | | |"
+                     % (big, res.get("floor_workers", 2), res["b_big"]["median"] / res["b"]["median"]))
+        if str(big) in res.get("e", {}):
+            lines.append("| (e) / (b) with %d worker hosts: the kit over the floor | %.2f | | | |"
+                         % (big, res["e"][str(big)]["median"] / res["b_big"]["median"]))
     for broker, modes in res.get("f", {}).items():
         for mode, s in modes.items():
             lines.append(row("(f) %s, %s: tasks/s, %d no-op tasks" % (broker, "kit's settings" if mode == "kit"
@@ -375,7 +394,9 @@ def plot(res, path):
         err = [[m - res["e"][k]["min"] for k, m in zip(ks, med)], [res["e"][k]["max"] - m for k, m in zip(ks, med)]]
         axes[0].errorbar(x, med, yerr=err, marker="o", capsize=4, label="site.yml, fresh hosts")
         if "b" in res:
-            axes[0].axhline(res["b"]["median"], color="grey", linestyle="--", label="floor (b), 2 worker hosts")
+            fx = [res.get("floor_workers", 2)] + ([res["b_big_workers"]] if "b_big" in res else [])
+            fy = [res["b"]["median"]] + ([res["b_big"]["median"]] if "b_big" in res else [])
+            axes[0].plot(fx, fy, color="grey", linestyle="--", marker="s", label="floor (b), bare shell")
         axes[0].set_xscale("log", base=2)
         axes[0].set_xticks(x, [str(v) for v in x])
         axes[0].set_xlabel("worker hosts (plus broker and beat)")
