@@ -1,12 +1,5 @@
-"""Mitogen's free strategy (the mitogen package of requirements.txt), found through ansible.cfg's
-strategy_plugins. A play on the controller itself (connection: local, as Molecule's create and
-destroy playbooks) runs as plain Ansible: under Mitogen, community.docker tasks run with async
-never report back to async_status.
-
-Mitogen pins Ansible's processes to CPUs. On a machine with 2 or 3 CPUs that puts the top-level
-process and every worker on one CPU and keeps the other for its connection multiplexer, which is
-mostly idle: each task's controller side then takes about twice as long. The kit leaves the
-processes to the kernel's scheduler (Mitogen's no-op policy), on every machine."""
+"""Mitogen's free strategy, set up as mitogen_linear.py sets up the linear one (see there): a
+play on the controller itself runs as plain Ansible, and Mitogen does not pin processes to CPUs."""
 
 import ansible_mitogen.affinity
 import ansible_mitogen.strategy
