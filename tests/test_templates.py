@@ -25,12 +25,13 @@ CASES = {
         "CELERYD_NODES": "worker1",
         "CELERYD_OPTS": "--concurrency=2 --queues=celery,hipri --pool=prefork --time-limit=300",
     }, {
-        "worker1": {"--concurrency": "2", "--queues": "celery,hipri", "--loglevel": "INFO"},
+        "worker1": {"--concurrency": "2", "--queues": "celery,hipri", "--loglevel": "WARNING"},
     }),
     "the guide's ten nodes: -Q:1-3 images,video -Q:4,5 data -Q default -L:4,5 debug": ({
         "celery_worker_nodes": 10,
         "celery_worker_concurrency": 1,
         "celery_worker_queues": ["default"],
+        "celery_worker_loglevel": "INFO",
         "celery_worker_node_opts": {"1-3": {"queues": ["images", "video"]},
                                     "4,5": {"queues": ["data"], "loglevel": "debug"}},
     }, {
