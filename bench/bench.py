@@ -268,35 +268,42 @@ def main():
            "machine": "%s, %d CPUs, %s" % (platform.node(), os.cpu_count(), platform.platform(terse=True)),
            "strategy": os.environ.get("ANSIBLE_STRATEGY") or config_strategy()}
     try:
-        if "b" in only:
-            values = []
-            for i in range(args.runs):
-                log("(b) floor, run %d" % (i + 1))
-                values.append(floor(args.floor_workers))
-                log("    %.1f s" % values[-1])
-            res["b"] = summary(values)
-            res["floor_workers"] = args.floor_workers
-        # The floor with the largest size of (e) too: how much of (e)'s growth the installs
-        # themselves show on this machine.
+        # Each floor runs just before a fresh deploy of its size, so that the two of a pair
+        # see the same spell of the machine (its speed drifts by a third from one quarter of an
+        # hour to the next). The floor also runs with the largest size of (e): how much of
+        # (e)'s growth the installs themselves show on this machine.
         big = max(int(s) for s in args.sizes.split(","))
-        if "b" in only and "e" in only and big != args.floor_workers:
-            values = []
-            for i in range(args.runs):
-                log("(b) floor, %d worker hosts, run %d" % (big, i + 1))
-                values.append(floor(big))
-                log("    %.1f s" % values[-1])
-            res["b_big"] = summary(values)
-            res["b_big_workers"] = big
+        floor_sizes = set()
+        if "b" in only:
+            floor_sizes.add(args.floor_workers)
+            if "e" in only:
+                floor_sizes.add(big)
         # Fresh deploys; the four-host size comes last, so that its cluster stays up for (c), (d), (f).
         sizes = [int(s) for s in args.sizes.split(",")] if "e" in only else []
         sizes = [s for s in sizes if s != 2] + ([2] if only & {"a", "c", "d", "e", "f"} else [])
-        deploys, n2 = {}, None
+        deployed = set(sizes)
+        sizes = sorted(floor_sizes - deployed) + sizes
+        deploys, floors, n2 = {}, {}, None
         for size in sizes:
-            for i in range(args.runs if size == 2 and only & {"a", "e"} or size != 2 else 1):
-                log("(e) fresh deploy, %d worker host(s), run %d" % (size, i + 1))
-                seconds, n2 = fresh_deploy(size)
-                deploys.setdefault(str(size), []).append(seconds)
-                log("    %.1f s" % seconds)
+            floor_runs = args.runs if size in floor_sizes else 0
+            deploy_runs = (args.runs if size != 2 or only & {"a", "e"} else 1) if size in deployed else 0
+            rounds = max(floor_runs, deploy_runs)
+            for i in range(rounds):
+                if i < floor_runs:
+                    log("(b) floor, %d worker hosts, run %d" % (size, i + 1))
+                    floors.setdefault(size, []).append(floor(size))
+                    log("    %.1f s" % floors[size][-1])
+                if i >= rounds - deploy_runs:
+                    log("(e) fresh deploy, %d worker host(s), run %d" % (size, i - (rounds - deploy_runs) + 1))
+                    seconds, n2 = fresh_deploy(size)
+                    deploys.setdefault(str(size), []).append(seconds)
+                    log("    %.1f s" % seconds)
+        if args.floor_workers in floors:
+            res["b"] = summary(floors[args.floor_workers])
+            res["floor_workers"] = args.floor_workers
+        if big in floors and big != args.floor_workers:
+            res["b_big"] = summary(floors[big])
+            res["b_big_workers"] = big
         if only & {"a", "e"}:
             res["e"] = {k: summary(v) for k, v in deploys.items()}
             res["a"] = res["e"]["2"]
