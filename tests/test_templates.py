@@ -225,6 +225,27 @@ def test_worker_unit_reads_the_defaults_file(tmp_path_factory):
     assert "PIDFile=/run/celery/%i.pid" in unit
 
 
+def test_a_node_restarts_for_its_settings_and_its_pool_size_alone_does_not(tmp_path):
+    """A node restarts when its drop-in changes. A prefork node's pool size is applied live, so
+    it is left out of the drop-in; other pools and extra options are in it."""
+    def dropins(concurrency, extra):
+        case = tmp_path / ("c%d%s" % (concurrency, extra.strip("-")))
+        case.mkdir()
+        out = render(case, {
+            "celery_worker_concurrency": concurrency, "celery_worker_extra_opts": extra,
+            "celery_worker_nodes": ["w1", {"name": "t1", "pool": "threads"},
+                                    {"name": "a1", "autoscale": "4,1"}]})
+        return {n: (out / ("%s.conf" % n)).read_text() for n in ("w1", "t1", "a1")}
+
+    base, resized, extra = dropins(2, ""), dropins(3, ""), dropins(2, "--without-mingle")
+    assert base["w1"] == resized["w1"] and "--concurrency=" not in base["w1"]
+    assert "--pool=prefork" in base["w1"] and "pool size (--concurrency)" in base["w1"]
+    for node in ("t1", "a1"):
+        assert base[node] != resized[node] and "--concurrency=2" in base[node], node
+    for node in ("w1", "t1", "a1"):
+        assert base[node] != extra[node] and "--without-mingle" in extra[node], node
+
+
 def test_logrotate_renames_and_never_truncates(tmp_path_factory):
     text = (render_case(tmp_path_factory, "defaults") / "celery").read_text()
     assert "/var/log/celery/*.log {" in text

@@ -17,10 +17,13 @@ replies = {
 nodes = {}
 for name in set().union(*replies.values()):
     stats = replies["stats"].get(name, {})
+    pool = stats.get("pool", {})
     nodes[name] = {
         "ping": "pong" if name in replies["ping"] else "no reply",
         "active": len(replies["active"].get(name, [])),
         "reserved": len(replies["reserved"].get(name, [])),
-        "pool": stats.get("pool", {}).get("max-concurrency", "?"),
+        # A prefork pool's processes, which pool_grow and pool_shrink change; other pools
+        # report their size as max-concurrency.
+        "pool": len(pool["processes"]) if "processes" in pool else pool.get("max-concurrency", "?"),
     }
 print(json.dumps(nodes))

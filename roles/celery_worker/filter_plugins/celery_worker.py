@@ -303,10 +303,31 @@ def celery_worker_opts(resolved, defaults, extra_opts=""):
     return " ".join(out)
 
 
-def celery_worker_node_argv(node):
-    """One node's effective worker options, as celery multi will pass them."""
+def celery_worker_resizable(node):
+    """Whether a running node takes a new pool size live (pool_grow, pool_shrink).
+
+    Only the prefork pool without autoscale: the threads and solo pools cannot grow, and with
+    autoscale Celery refuses both commands.
+    """
+    return node.get("pool") == "prefork" and node.get("autoscale") in (None, "", [], {})
+
+
+def celery_worker_node_argv(node, extra_opts="", live=False):
+    """One node's effective worker options, as celery multi will pass them.
+
+    With live, a node whose pool size a deploy changes live (celery_worker_resizable) is given
+    without --concurrency: its unit drop-in records this, so that a new pool size alone does
+    not restart it.
+    """
+    keys = [k for k in SETTINGS if not (live and k == "concurrency" and celery_worker_resizable(node))]
     return " ".join(["-n " + node["fullname"] if node["hostname"] else "-n " + node["name"]]
-                    + _opts(node, list(SETTINGS)))
+                    + _opts(node, keys) + ([str(extra_opts).strip()] if extra_opts else []))
+
+
+def celery_worker_resize_nodes(resolved, names):
+    """Full name and pool size of each node in names that takes its pool size live."""
+    return [{"name": n["fullname"], "concurrency": int(n["concurrency"])}
+            for n in resolved if n["name"] in names and celery_worker_resizable(n)]
 
 
 def celery_worker_health_nodes(resolved):
@@ -326,6 +347,8 @@ class FilterModule:
             "celery_worker_problems": celery_worker_problems,
             "celery_worker_opts": celery_worker_opts,
             "celery_worker_node_argv": celery_worker_node_argv,
+            "celery_worker_resizable": celery_worker_resizable,
+            "celery_worker_resize_nodes": celery_worker_resize_nodes,
             "celery_worker_pools": celery_worker_pools,
             "celery_worker_health_nodes": celery_worker_health_nodes,
         }
