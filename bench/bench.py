@@ -393,36 +393,39 @@ def plot(res, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    # One panel per figure measured in this run: (e), (f) or both.
+    panels = [k for k in ("e", "f") if k in res] or ["e"]
+    fig, row = plt.subplots(1, len(panels), figsize=(max(8.0, 5.5 * len(panels)), 4.2), squeeze=False)
+    axes = dict(zip(panels, row[0]))
     if "e" in res:
         ks = sorted(res["e"], key=int)
         x = [int(k) for k in ks]
         med = [res["e"][k]["median"] for k in ks]
         err = [[m - res["e"][k]["min"] for k, m in zip(ks, med)], [res["e"][k]["max"] - m for k, m in zip(ks, med)]]
-        axes[0].errorbar(x, med, yerr=err, marker="o", capsize=4, label="site.yml, fresh hosts")
+        axes["e"].errorbar(x, med, yerr=err, marker="o", capsize=4, label="site.yml, fresh hosts")
         if "b" in res:
             fx = [res.get("floor_workers", 2)] + ([res["b_big_workers"]] if "b_big" in res else [])
             fy = [res["b"]["median"]] + ([res["b_big"]["median"]] if "b_big" in res else [])
-            axes[0].plot(fx, fy, color="grey", linestyle="--", marker="s", label="floor (b), bare shell")
-        axes[0].set_xscale("log", base=2)
-        axes[0].set_xticks(x, [str(v) for v in x])
-        axes[0].set_xlabel("worker hosts (plus broker and beat)")
-        axes[0].set_ylabel("seconds to first task result")
-        axes[0].set_ylim(bottom=0)
-        axes[0].set_title("(e) fresh deploy")
-        axes[0].legend()
+            axes["e"].plot(fx, fy, color="grey", linestyle="--", marker="s", label="floor (b), bare shell")
+        axes["e"].set_xscale("log", base=2)
+        axes["e"].set_xticks(x, [str(v) for v in x])
+        axes["e"].set_xlabel("worker hosts (plus broker and beat)")
+        axes["e"].set_ylabel("seconds to first task result")
+        axes["e"].set_ylim(bottom=0)
+        axes["e"].set_title("(e) fresh deploy")
+        axes["e"].legend()
     if "f" in res:
         brokers = list(res["f"])
         for j, mode in enumerate(("kit", "defaults")):
             vals = [res["f"][b][mode] for b in brokers]
             med = [v["median"] for v in vals]
             err = [[m - v["min"] for m, v in zip(med, vals)], [v["max"] - m for m, v in zip(med, vals)]]
-            axes[1].bar([i + j * 0.38 for i in range(len(brokers))], med, 0.38, yerr=err, capsize=4,
+            axes["f"].bar([i + j * 0.38 for i in range(len(brokers))], med, 0.38, yerr=err, capsize=4,
                         label="kit's settings" if mode == "kit" else "Celery's defaults")
-        axes[1].set_xticks([i + 0.19 for i in range(len(brokers))], brokers)
-        axes[1].set_ylabel("tasks per second")
-        axes[1].set_title("(f) %d no-op tasks, 2 worker hosts" % res["tasks"])
-        axes[1].legend()
+        axes["f"].set_xticks([i + 0.19 for i in range(len(brokers))], brokers)
+        axes["f"].set_ylabel("tasks per second")
+        axes["f"].set_title("(f) %d no-op tasks, 2 worker hosts" % res["tasks"])
+        axes["f"].legend()
     fig.suptitle("celery kit benchmark, %s, %s" % (res["date"], res["machine"]), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
