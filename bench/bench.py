@@ -1,6 +1,6 @@
 """The kit's benchmark: how long deploys take and how fast the deployed cluster runs tasks.
 
-    ./kit bench [--runs N] [--only a,b,c,d,e,f] [--sizes 1,2,4,8] [--tasks 5000]
+    ./kit bench [--runs N] [--only a,b,c,d,e,f] [--sizes 1,2,4,8] [--tasks 5000] [--f-runs 7]
 
 Hosts are local containers like the sandbox's (same image and container settings, names
 celery-bench-*, network celery-bench): a broker, N worker hosts and a beat host, deployed
@@ -18,13 +18,17 @@ host). The four-host cluster (N = 2) is the one the floor script installs by han
       `celery worker` processes with only the broker and result backend set (Celery's
       defaults), on the same hosts; Redis, then RabbitMQ
 
-Each figure is the median of --runs runs, with min and max. The table goes to stdout and to
-.cache/bench/results.md, the numbers to .cache/bench/results.json, the plot of (e) and (f) to
-.cache/bench/bench.png. Containers and the network are removed at the end, also on failure.
+Each figure is the median of --runs runs (--f-runs for (f), whose runs are short), with min
+and max; (f) also gives the ratio run by run. A second table gives the CPU seconds of each
+fresh deploy and floor, split between the hosts and the controller: where the hosts outnumber
+the CPUs, those seconds over the CPUs are the least time the run can take on this machine.
+The tables go to stdout and to .cache/bench/results.md, the numbers to
+.cache/bench/results.json, the plot of (e) and (f) to .cache/bench/bench.png. Containers and the network are removed at the end, also on failure.
 """
 
 import argparse
 import configparser
+import glob
 import json
 import os
 import platform
@@ -156,25 +160,83 @@ def first_task(host):
     assert got == "5", got
 
 
+# --- CPU accounting -----------------------------------------------------------------------
+
+def cpu_seconds():
+    """(machine, hosts): CPU seconds used so far by the whole machine (/proc/stat, all but
+    idle and iowait) and by the containers (Docker's cgroup; None where it cannot be read).
+    The difference is the controller: ansible-playbook, its `docker exec` clients, dockerd."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    machine = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    hosts = None
+    try:  # cgroup v1, Docker's cgroupfs driver
+        with open("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage") as f:
+            hosts = int(f.read()) / 1e9
+    except OSError:
+        for path in ["/sys/fs/cgroup/docker/cpu.stat"] + sorted(
+                glob.glob("/sys/fs/cgroup/system.slice/docker-*.scope/cpu.stat")):
+            try:  # cgroup v2: cgroupfs driver (one file), or systemd's (one scope per container)
+                with open(path) as f:
+                    usec = int(dict(line.split() for line in f)["usage_usec"])
+            except (OSError, KeyError, ValueError):
+                continue
+            hosts = (hosts or 0.0) + usec / 1e6
+            if path == "/sys/fs/cgroup/docker/cpu.stat":
+                break
+    return machine, hosts
+
+
+class CPU:
+    """CPU seconds used between enter and exit: .machine, .hosts (or None), .controller."""
+
+    def __enter__(self):
+        self.start = cpu_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        end = cpu_seconds()
+        self.machine = end[0] - self.start[0]
+        self.hosts = None if None in (end[1], self.start[1]) else end[1] - self.start[1]
+        self.controller = None if self.hosts is None else self.machine - self.hosts
+        return False
+
+    def record(self, into, key):
+        """Appends this measure's seconds to into[key] = {"machine": [...], "hosts": [...], ...}."""
+        entry = into.setdefault(key, {"machine": [], "hosts": [], "controller": []})
+        for k in ("machine", "hosts", "controller"):
+            if getattr(self, k) is not None:
+                entry[k].append(getattr(self, k))
+
+
 # --- measurements -------------------------------------------------------------------------
 
-def fresh_deploy(workers, broker="redis"):
-    """Bare containers -> site.yml -> first task result; seconds (containers not counted)."""
+def fresh_deploy(workers, broker="redis", cpu=None):
+    """Bare containers -> site.yml -> first task result; seconds (containers not counted).
+    cpu: a dict where the CPU seconds this took are recorded (CPU.record), under the size."""
     n = write_inventory(workers, broker)
     create([n["broker"]] + n["workers"] + [n["beat"]])
     shutil.rmtree(os.path.join(OUT, "facts"), ignore_errors=True)
     started = time.monotonic()
-    playbook("site.yml")
-    first_task(n["workers"][0])
-    return time.monotonic() - started, n
+    with CPU() as used:
+        playbook("site.yml")
+        first_task(n["workers"][0])
+    seconds = time.monotonic() - started
+    if cpu is not None:
+        used.record(cpu, str(workers))
+    return seconds, n
 
 
-def floor(workers=2):
+def floor(workers=2, cpu=None):
     n = names(workers)
     create([n["broker"]] + n["workers"] + [n["beat"]])
-    proc = run([os.path.join(ROOT, "bench", "floor.sh"), n["broker"]] + n["workers"][:2] + [n["beat"]]
-               + n["workers"][2:],
-               capture_output=True, check=False, env=dict(os.environ, FLOOR_LOG_DIR=os.path.join(OUT, "floor-logs")))
+    with CPU() as used:
+        proc = run([os.path.join(ROOT, "bench", "floor.sh"), n["broker"]] + n["workers"][:2] + [n["beat"]]
+                   + n["workers"][2:],
+                   capture_output=True, check=False,
+                   env=dict(os.environ, FLOOR_LOG_DIR=os.path.join(OUT, "floor-logs")))
+    if cpu is not None:
+        used.record(cpu, str(workers))
     if proc.returncode != 0:
         raise SystemExit("bench: floor.sh failed:\n%s%s" % (proc.stdout[-2000:], proc.stderr[-2000:]))
     return float(re.search(r"floor_seconds=([0-9.]+)", proc.stdout).group(1))
@@ -259,6 +321,9 @@ def main():
     p.add_argument("--only", default="a,b,c,d,e,f")
     p.add_argument("--sizes", default="1,2,4,8")
     p.add_argument("--tasks", type=int, default=5000)
+    p.add_argument("--f-runs", type=int, default=7,
+                   help="runs of each setting in (f); a run takes seconds, and the machine's "
+                        "spells move one run by up to a fifth")
     p.add_argument("--floor-workers", type=int, default=2,
                    help="worker hosts for (b); 2 is the sandbox's shape that (a) is compared with")
     args = p.parse_args()
@@ -284,6 +349,7 @@ def main():
         deployed = set(sizes)
         sizes = sorted(floor_sizes - deployed) + sizes
         deploys, floors, n2 = {}, {}, None
+        cpu_deploys, cpu_floors = {}, {}
         for size in sizes:
             floor_runs = args.runs if size in floor_sizes else 0
             deploy_runs = (args.runs if size != 2 or only & {"a", "e"} else 1) if size in deployed else 0
@@ -291,11 +357,11 @@ def main():
             for i in range(rounds):
                 if i < floor_runs:
                     log("(b) floor, %d worker hosts, run %d" % (size, i + 1))
-                    floors.setdefault(size, []).append(floor(size))
+                    floors.setdefault(size, []).append(floor(size, cpu=cpu_floors))
                     log("    %.1f s" % floors[size][-1])
                 if i >= rounds - deploy_runs:
                     log("(e) fresh deploy, %d worker host(s), run %d" % (size, i - (rounds - deploy_runs) + 1))
-                    seconds, n2 = fresh_deploy(size)
+                    seconds, n2 = fresh_deploy(size, cpu=cpu_deploys)
                     deploys.setdefault(str(size), []).append(seconds)
                     log("    %.1f s" % seconds)
         if args.floor_workers in floors:
@@ -307,6 +373,12 @@ def main():
         if only & {"a", "e"}:
             res["e"] = {k: summary(v) for k, v in deploys.items()}
             res["a"] = res["e"]["2"]
+        # CPU seconds of each deploy and floor: on a machine with fewer CPUs than hosts, the
+        # least wall time of a run is its CPU seconds over the machine's CPUs.
+        res["cpus"] = os.cpu_count()
+        for key, used in (("cpu_e", cpu_deploys), ("cpu_b", cpu_floors)):
+            if used:
+                res[key] = {size: {k: summary(v) for k, v in parts.items() if v} for size, parts in used.items()}
         if "c" in only:
             values = []
             for i in range(args.runs):
@@ -327,13 +399,16 @@ def main():
                 if broker == "rabbitmq":
                     log("(f) four-host cluster with RabbitMQ")
                     _, n2 = fresh_deploy(2, broker="rabbitmq")
-                # Alternated, so that a slow spell of the machine weighs on both settings alike.
+                # Alternated, so that a slow spell of the machine weighs on both settings alike;
+                # the ratio is also taken pair by pair (a run of the kit's, then one of the defaults).
                 values = {"kit": [], "defaults": []}
-                for i in range(args.runs):
+                for i in range(args.f_runs):
                     for mode in ("kit", "defaults"):
                         values[mode].append(throughput(n2, args.tasks, mode))
                         log("(f) %s, %s, run %d: %.0f tasks/s" % (broker, mode, i + 1, values[mode][-1]))
                 res.setdefault("f", {})[broker] = {mode: summary(v) for mode, v in values.items()}
+                res["f"][broker]["pairs"] = summary([k / d for k, d in zip(values["kit"], values["defaults"])])
+            res["f_runs"] = args.f_runs
     finally:
         destroy()
     with open(os.path.join(OUT, "results.json"), "w") as f:
@@ -380,12 +455,31 @@ def report(res):
             lines.append("| (e) / (b) with %d worker hosts: the kit over the floor | %.2f | | | |"
                          % (big, res["e"][str(big)]["median"] / res["b_big"]["median"]))
     for broker, modes in res.get("f", {}).items():
-        for mode, s in modes.items():
-            lines.append(row("(f) %s, %s: tasks/s, %d no-op tasks" % (broker, "kit's settings" if mode == "kit"
-                                                                    else "Celery's defaults", res["tasks"]),
-                             s, unit="tasks/s"))
-        if len(modes) == 2:
+        for mode in ("kit", "defaults"):
+            if mode in modes:
+                lines.append(row("(f) %s, %s: tasks/s, %d no-op tasks, %d runs"
+                                 % (broker, "kit's settings" if mode == "kit" else "Celery's defaults", res["tasks"],
+                                    len(modes[mode]["runs"])), modes[mode], unit="tasks/s"))
+        if "kit" in modes and "defaults" in modes:
             lines.append("| (f) %s kit / defaults | %.2f | | | >= 1 |" % (broker, modes["kit"]["median"] / modes["defaults"]["median"]))
+        if "pairs" in modes:
+            p = modes["pairs"]
+            lines.append("| (f) %s kit / defaults, run by run | %.2f | %.2f | %.2f | |" % (broker, p["median"], p["min"], p["max"]))
+    if "cpu_e" in res or "cpu_b" in res:
+        lines += ["", "CPU seconds used (medians): the whole machine, the hosts (containers) and the controller "
+                  "(ansible-playbook or floor.sh, docker, dockerd); with %d CPUs, a run takes at least its CPU "
+                  "seconds / %d." % (res["cpus"], res["cpus"]),
+                  "", "| run | wall s | CPU s | hosts | controller | CPU s / %d |" % res["cpus"], "|---|---|---|---|---|---|"]
+        for key, label in (("cpu_b", "(b) floor, %s worker host(s)"), ("cpu_e", "(e) fresh deploy, %s worker host(s)")):
+            walls = {"cpu_b": {str(res.get("floor_workers", 2)): res.get("b"), str(res.get("b_big_workers")): res.get("b_big")},
+                     "cpu_e": res.get("e", {})}[key]
+            for size in sorted(res.get(key, {}), key=int):
+                c = res[key][size]
+                part = lambda k: "%.1f" % c[k]["median"] if k in c else "-"
+                wall = walls.get(size)
+                lines.append("| %s | %s | %s | %s | %s | %.1f |" % (label % size, "%.1f" % wall["median"] if wall else "-",
+                                                                   part("machine"), part("hosts"), part("controller"),
+                                                                   c["machine"]["median"] / res["cpus"]))
     return "\n".join(lines)
 
 
@@ -407,6 +501,11 @@ def plot(res, path):
             fx = [res.get("floor_workers", 2)] + ([res["b_big_workers"]] if "b_big" in res else [])
             fy = [res["b"]["median"]] + ([res["b_big"]["median"]] if "b_big" in res else [])
             axes["e"].plot(fx, fy, color="grey", linestyle="--", marker="s", label="floor (b), bare shell")
+        if "cpu_e" in res:
+            ck = sorted(res["cpu_e"], key=int)
+            axes["e"].plot([int(k) for k in ck], [res["cpu_e"][k]["machine"]["median"] / res["cpus"] for k in ck],
+                           color="tab:red", linestyle=":", marker=".",
+                           label="site.yml's CPU seconds / %d CPUs" % res["cpus"])
         axes["e"].set_xscale("log", base=2)
         axes["e"].set_xticks(x, [str(v) for v in x])
         axes["e"].set_xlabel("worker hosts (plus broker and beat)")
