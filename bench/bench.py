@@ -23,7 +23,8 @@ and max; (f) also gives the ratio run by run. A second table gives the CPU secon
 fresh deploy and floor, split between the hosts and the controller: where the hosts outnumber
 the CPUs, those seconds over the CPUs are the least time the run can take on this machine.
 The tables go to stdout and to .cache/bench/results.md, the numbers to
-.cache/bench/results.json, the plot of (e) and (f) to .cache/bench/bench.png. Containers and the network are removed at the end, also on failure.
+.cache/bench/results.json, the plot of (e) and (f) to .cache/bench/bench.png. Containers and
+the network are removed at the end, also on failure.
 """
 
 import argparse
@@ -474,12 +475,11 @@ def report(res):
             walls = {"cpu_b": {str(res.get("floor_workers", 2)): res.get("b"), str(res.get("b_big_workers")): res.get("b_big")},
                      "cpu_e": res.get("e", {})}[key]
             for size in sorted(res.get(key, {}), key=int):
-                c = res[key][size]
-                part = lambda k: "%.1f" % c[k]["median"] if k in c else "-"
-                wall = walls.get(size)
-                lines.append("| %s | %s | %s | %s | %s | %.1f |" % (label % size, "%.1f" % wall["median"] if wall else "-",
-                                                                   part("machine"), part("hosts"), part("controller"),
-                                                                   c["machine"]["median"] / res["cpus"]))
+                c, wall = res[key][size], walls.get(size)
+                cells = [wall and wall["median"]] + [c[k]["median"] if k in c else None
+                                                     for k in ("machine", "hosts", "controller")]
+                cells.append(c["machine"]["median"] / res["cpus"])
+                lines.append("| %s | %s |" % (label % size, " | ".join("-" if v is None else "%.1f" % v for v in cells)))
     return "\n".join(lines)
 
 
