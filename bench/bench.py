@@ -175,16 +175,17 @@ def cpu_seconds():
         with open("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage") as f:
             hosts = int(f.read()) / 1e9
     except OSError:
-        for path in ["/sys/fs/cgroup/docker/cpu.stat"] + sorted(
-                glob.glob("/sys/fs/cgroup/system.slice/docker-*.scope/cpu.stat")):
-            try:  # cgroup v2: cgroupfs driver (one file), or systemd's (one scope per container)
+        # cgroup v2: the cgroupfs driver's one file, or else systemd's one scope per container.
+        paths = ["/sys/fs/cgroup/docker/cpu.stat"]
+        if not os.path.exists(paths[0]):
+            paths = glob.glob("/sys/fs/cgroup/system.slice/docker-*.scope/cpu.stat")
+        for path in paths:
+            try:
                 with open(path) as f:
                     usec = int(dict(line.split() for line in f)["usage_usec"])
             except (OSError, KeyError, ValueError):
                 continue
             hosts = (hosts or 0.0) + usec / 1e6
-            if path == "/sys/fs/cgroup/docker/cpu.stat":
-                break
     return machine, hosts
 
 
@@ -471,9 +472,9 @@ def report(res):
                   "(ansible-playbook or floor.sh, docker, dockerd); with %d CPUs, a run takes at least its CPU "
                   "seconds / %d." % (res["cpus"], res["cpus"]),
                   "", "| run | wall s | CPU s | hosts | controller | CPU s / %d |" % res["cpus"], "|---|---|---|---|---|---|"]
-        for key, label in (("cpu_b", "(b) floor, %s worker host(s)"), ("cpu_e", "(e) fresh deploy, %s worker host(s)")):
-            walls = {"cpu_b": {str(res.get("floor_workers", 2)): res.get("b"), str(res.get("b_big_workers")): res.get("b_big")},
-                     "cpu_e": res.get("e", {})}[key]
+        floor_walls = {str(res.get("floor_workers", 2)): res.get("b"), str(res.get("b_big_workers")): res.get("b_big")}
+        for key, label, walls in (("cpu_b", "(b) floor, %s worker host(s)", floor_walls),
+                                  ("cpu_e", "(e) fresh deploy, %s worker host(s)", res.get("e", {}))):
             for size in sorted(res.get(key, {}), key=int):
                 c, wall = res[key][size], walls.get(size)
                 cells = [wall and wall["median"]] + [c[k]["median"] if k in c else None
