@@ -95,7 +95,6 @@ def test_unknown_broker(tmp_path, broker):
     ("ten", [spec_type_error("celery_worker_concurrency", "str", "int")]),
     ("2.5", [spec_type_error("celery_worker_concurrency", "str", "int")]),
     (True, ["Worker settings on bad-input-worker1", "celery_worker_concurrency is True;"]),
-    (None, [spec_type_error("celery_worker_concurrency", "NoneType", "int")]),
 ])
 def test_concurrency_not_a_positive_integer(tmp_path, value, words):
     rc, out = run_site(tmp_path, host_vars={"bad-input-worker1": {"celery_worker_concurrency": value}})

@@ -23,9 +23,10 @@ FILTERS = ":".join(os.path.join(ROOT, "roles", r, "filter_plugins") for r in ("c
 CASES = {
     "defaults": ({}, {
         "CELERYD_NODES": "worker1",
-        "CELERYD_OPTS": "--concurrency=2 --queues=celery,hipri --pool=prefork --time-limit=300",
+        "CELERYD_OPTS": "--queues=celery,hipri --pool=prefork --time-limit=300",
     }, {
-        "worker1": {"--concurrency": "2", "--queues": "celery,hipri", "--loglevel": "WARNING"},
+        # No pool size: Celery's own default, one process per CPU of the host.
+        "worker1": {"--concurrency": None, "--queues": "celery,hipri", "--loglevel": "WARNING"},
     }),
     "the guide's ten nodes: -Q:1-3 images,video -Q:4,5 data -Q default -L:4,5 debug": ({
         "celery_worker_nodes": 10,
@@ -70,13 +71,13 @@ CASES = {
         "celery_worker_extra_opts": "--without-mingle",
     }, {
         "CELERYD_LOG_LEVEL": "WARNING",
-        "CELERYD_OPTS": "--concurrency=2 --queues=celery,hipri --pool=prefork --max-tasks-per-child=50"
+        "CELERYD_OPTS": "--queues=celery,hipri --pool=prefork --max-tasks-per-child=50"
                         " --time-limit=120 --soft-time-limit=100 --concurrency:io=100"
                         " --pool:io=gevent --pool:one=solo --pool:thr=threads --pool:ev=eventlet"
                         " --autoscale:auto=6,2 --max-memory-per-child:auto=200000 --time-limit:ev=60"
                         " --soft-time-limit:ev=50 --without-mingle",
     }, {
-        "cpu": {"--pool": "prefork", "--concurrency": "2", "--max-tasks-per-child": "50", "--loglevel": "WARNING"},
+        "cpu": {"--pool": "prefork", "--concurrency": None, "--max-tasks-per-child": "50", "--loglevel": "WARNING"},
         "io": {"--pool": "gevent", "--concurrency": "100"},
         "auto": {"--autoscale": "6,2", "--max-memory-per-child": "200000"},
         "one": {"--pool": "solo"},

@@ -37,6 +37,16 @@ def resolved_nodes(name):
                                              defaults)
 
 
+def pool_size(name, node):
+    """The pool size a node was given, or Celery's default without one: one process per CPU of
+    its host (a solo pool has one)."""
+    if node.get("concurrency") not in (None, ""):
+        return int(node["concurrency"])
+    if node["pool"] == "solo":
+        return 1
+    return int(host_of(name).check_output("getconf _NPROCESSORS_ONLN"))
+
+
 def inspect(method):
     """celery inspect <method> through the deployed broker: node name -> reply, from every node."""
     return broadcast(method)
@@ -70,7 +80,7 @@ def test_each_node_runs_its_pool_size_and_limits(name, stats):
             hi, lo = (int(v) for v in str(node["autoscale"]).split(","))
             assert stats[full]["autoscaler"]["max"] == hi and stats[full]["autoscaler"]["min"] == lo, full
         else:
-            assert pool["max-concurrency"] == int(node["concurrency"]), full
+            assert pool["max-concurrency"] == pool_size(name, node), full
         if node["pool"] == "prefork":
             soft = int(node["soft_time_limit"]) if node.get("soft_time_limit") else 0
             assert pool["timeouts"] == [soft, int(node["time_limit"])], full

@@ -4,6 +4,9 @@ host):
 
     python - APP '[{"name": "worker1@%h", "concurrency": 4}, ...]'
 
+A concurrency of null is the size a node started without --concurrency has: the app's
+worker_concurrency, or else one process per CPU (billiard's cpu_count, as the worker counts).
+
 For each node it reads the pool's processes (`inspect stats`) and sends `pool_grow` or
 `pool_shrink` for the difference; Celery adjusts the node's prefetch count with it. A shrink
 stops idle pool processes only, one at a time: while every process is busy it is tried again
@@ -19,6 +22,7 @@ import json
 import sys
 import time
 
+from billiard import cpu_count
 from celery.app.utils import find_app
 from celery.utils.nodenames import host_format
 
@@ -26,7 +30,8 @@ app = find_app(sys.argv[1])
 want, given = {}, {}
 for node in json.loads(sys.argv[2]):
     name = host_format(node["name"] if "@" in node["name"] else node["name"] + "@%h")
-    want[name], given[name] = int(node["concurrency"]), node["name"]
+    size = node["concurrency"] or app.conf.worker_concurrency or cpu_count()
+    want[name], given[name] = int(size), node["name"]
 WAIT = 10
 
 

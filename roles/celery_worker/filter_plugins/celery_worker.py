@@ -183,8 +183,9 @@ def _check_node(node, where, host_wide=False):
         p.append("%s: the host part '%s' after '@' may use letters, digits, '_', '.', '-' and "
                  "the %%h, %%n and %%d placeholders only." % (where, node["hostname"]))
     c = node.get("concurrency")
-    if not _is_int(c) or int(c) < 1:
-        bad("concurrency", "set a whole number of at least 1 (the pool size)")
+    if c not in (None, "") and (not _is_int(c) or int(c) < 1):
+        bad("concurrency", "set a whole number of at least 1 (the pool size), or leave it unset "
+                           "for one process per CPU")
     q = node.get("queues")
     if isinstance(q, str) or not isinstance(q, (list, tuple)) or not q:
         bad("queues", "give a list of at least one queue name")
@@ -325,8 +326,10 @@ def celery_worker_node_argv(node, extra_opts="", live=False):
 
 
 def celery_worker_resize_nodes(resolved, names):
-    """Full name and pool size of each node in names that takes its pool size live."""
-    return [{"name": n["fullname"], "concurrency": int(n["concurrency"])}
+    """Full name and pool size of each node in names that takes its pool size live; the size
+    is None for a node without one (Celery's default, which the resize script works out)."""
+    return [{"name": n["fullname"],
+             "concurrency": None if n.get("concurrency") in (None, "") else int(n["concurrency"])}
             for n in resolved if n["name"] in names and celery_worker_resizable(n)]
 
 
