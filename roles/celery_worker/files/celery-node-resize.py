@@ -4,7 +4,7 @@ host):
 
     python - APP '[{"name": "worker1@%h", "concurrency": 4}, ...]'
 
-A concurrency of null is the size a node started without --concurrency has: the app's
+A concurrency of null (or empty) is the size a node started without --concurrency has: the app's
 worker_concurrency, or else one process per CPU (billiard's cpu_count, as the worker counts).
 
 For each node it reads the pool's processes (`inspect stats`) and sends `pool_grow` or

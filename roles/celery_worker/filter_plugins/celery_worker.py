@@ -182,10 +182,6 @@ def _check_node(node, where, host_wide=False):
     if node["hostname"] and not HOST_PART.match(node["hostname"]):
         p.append("%s: the host part '%s' after '@' may use letters, digits, '_', '.', '-' and "
                  "the %%h, %%n and %%d placeholders only." % (where, node["hostname"]))
-    c = node.get("concurrency")
-    if c not in (None, "") and (not _is_int(c) or int(c) < 1):
-        bad("concurrency", "set a whole number of at least 1 (the pool size), or leave it unset "
-                           "for one process per CPU")
     q = node.get("queues")
     if isinstance(q, str) or not isinstance(q, (list, tuple)) or not q:
         bad("queues", "give a list of at least one queue name")
@@ -205,7 +201,8 @@ def _check_node(node, where, host_wide=False):
     except (ValueError, TypeError) as exc:
         p.append("%s: autoscale %r: %s." % ("celery_worker_autoscale" if host_wide else where,
                                              node.get("autoscale"), exc))
-    for key in ("max_tasks_per_child", "max_memory_per_child", "soft_time_limit", "prefetch_multiplier"):
+    for key in ("concurrency", "max_tasks_per_child", "max_memory_per_child", "soft_time_limit",
+                "prefetch_multiplier"):
         v = node.get(key)
         if v not in (None, "") and (not _is_int(v) or (int(v) < 1 and key != "prefetch_multiplier")):
             bad(key, "set a whole number of at least 1, or leave it unset")
@@ -326,10 +323,9 @@ def celery_worker_node_argv(node, extra_opts="", live=False):
 
 
 def celery_worker_resize_nodes(resolved, names):
-    """Full name and pool size of each node in names that takes its pool size live; the size
-    is None for a node without one (Celery's default, which the resize script works out)."""
-    return [{"name": n["fullname"],
-             "concurrency": None if n.get("concurrency") in (None, "") else int(n["concurrency"])}
+    """Full name and pool size of each node in names that takes its pool size live; the resize
+    script works out Celery's default for a node without one."""
+    return [{"name": n["fullname"], "concurrency": n.get("concurrency")}
             for n in resolved if n["name"] in names and celery_worker_resizable(n)]
 
 
