@@ -187,9 +187,10 @@ def test_time_limit_above_visibility_timeout(tmp_path):
                                 "celery_app_visibility_timeout is 200")
 
 
-def test_negative_result_backend_retries(tmp_path):
-    rc, out = run_site(tmp_path, all_vars={"celery_app_result_backend_max_retries": -1})
-    assert_stopped_in_preflight(rc, out, "celery_app_result_backend_max_retries is '-1'")
+@pytest.mark.parametrize("name", ["celery_app_result_backend_max_retries", "celery_app_redis_unacked_retry"])
+def test_negative_retries(tmp_path, name):
+    rc, out = run_site(tmp_path, all_vars={name: -1})
+    assert_stopped_in_preflight(rc, out, "%s is '-1'" % name)
 
 
 @pytest.mark.parametrize("value, words", [
