@@ -32,9 +32,12 @@ def heartbeat(name="heartbeat"):
         raise ValueError("heartbeat name %r" % name)
     now = time.time()
     path = os.path.join(app.conf.get("kit_state_dir", "/var/lib/celery"), name)
-    with open(path + ".tmp", "w") as handle:
+    # A temporary file of its own: after a broker restart the same run may be delivered twice,
+    # and two pool processes of one host may then write at once.
+    temporary = "%s.%d.tmp" % (path, os.getpid())
+    with open(temporary, "w") as handle:
         handle.write("%f %s\n" % (now, socket.gethostname()))
-    os.replace(path + ".tmp", path)
+    os.replace(temporary, path)
     return now
 
 
