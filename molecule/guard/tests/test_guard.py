@@ -133,7 +133,14 @@ SECRET_FILES = [
     (NODE2, "/opt/celery/app/proj/celeryconfig.py", "root", "celery"),
     (NODE2, "/etc/default/celery-flower", "root", "root"),
     (RESULTS, "/etc/redis/redis.conf", "redis", "redis"),
+    # Read by systemd for the drop-in that pauses Redis's clients before it stops.
+    (RESULTS, "/etc/redis/celery-kit-stop.env", "root", "root"),
 ]
+
+
+def written_forms(value):
+    """How a secret may stand in a file: as it is, URL-quoted, or double-quoted for systemd."""
+    return {value, urllib.parse.quote(value, safe=""), value.replace("$", "\\$").replace("`", "\\`")}
 
 
 @pytest.mark.parametrize("name,path,owner,group", SECRET_FILES)
@@ -141,8 +148,8 @@ def test_files_holding_secrets_are_0640_or_tighter(name, path, owner, group):
     f = host_of(name).file(path)
     assert (f.user, f.group) == (owner, group)
     assert f.mode & 0o137 == 0, oct(f.mode)
-    assert any(v in f.content_string or urllib.parse.quote(v, safe="") in f.content_string
-               for v in secrets().values()), "expected a secret in %s" % path
+    assert any(form in f.content_string for v in secrets().values() for form in written_forms(v)), \
+        "expected a secret in %s" % path
 
 
 # --- exposure scores ------------------------------------------------------------------------
@@ -204,6 +211,16 @@ def test_redis_listens_on_its_address_and_loopback_only():
     res = host_of(RESULTS).run("ss -Hltn 'sport = :6379'")
     listening = sorted(line.split()[3] for line in res.stdout.splitlines())
     assert listening == sorted(["127.0.0.1:6379", "10.231.231.11:6379"]), listening
+
+
+def test_redis_pauses_its_clients_before_it_stops():
+    """The drop-in's redis-cli logs in with the hostile password (from its systemd environment
+    file) and pauses the clients before systemd's SIGTERM."""
+    host = host_of(RESULTS)
+    since = host.run("date +%s").stdout.strip()
+    assert host.run("systemctl restart redis-server").rc == 0
+    journal = host.run("journalctl --no-pager -o cat -u redis-server --since @%s" % since).stdout
+    assert "OK" in journal.splitlines() and "ERR" not in journal and "AUTH" not in journal, journal
 
 
 # --- check mode -----------------------------------------------------------------------------
