@@ -197,7 +197,7 @@ def test_broker_restart_mid_load_every_task_finishes():
 # Redis down, and closes the channel as a worker that lost its connection does. Each reports
 # where the message is once Redis is back.
 GAP_CLIENT = r"""
-import json, time, uuid
+import contextlib, json, time, uuid
 import redis
 from kombu import Connection, Exchange, Producer, Queue
 from proj.celery import app
@@ -210,62 +210,61 @@ def back(client):
             time.sleep(0.1)
     raise SystemExit("Redis did not come back within 30 s")
 
-def take(transport):
+def shut_down(client):
+    try:
+        client.shutdown()
+    except redis.exceptions.ConnectionError:
+        pass
+
+def unacked(client, channel, marker):
+    return [v for v in client.hvals(channel.qos.unacked_key) if marker.encode() in v]
+
+@contextlib.contextmanager
+def one_message(transport):
+    # A queue of its own with one message on it, the marker in a header (the stored body is
+    # base64); the state's "where" reports where the message is once Redis is back.
     marker, name = uuid.uuid4().hex, "kit-gap-" + uuid.uuid4().hex[:8]
     queue = Queue(name, Exchange(name), name)
     client = redis.Redis.from_url(app.conf.broker_url)
     with Connection(app.conf.broker_url, transport=transport,
                     transport_options=app.conf.broker_transport_options) as conn:
         channel = conn.channel()
-        # The marker goes in a header: the stored body is base64.
         Producer(channel).publish({}, headers={"marker": marker}, exchange=queue.exchange,
                                   routing_key=name, declare=[queue])
+        def where(message, error):
+            back(client)
+            return {"taken": message is not None, "error": error, "queued": client.llen(name),
+                    "unacked": len(unacked(client, channel, marker))}
+        yield conn, channel, client, marker, name, where
+
+def take(transport):
+    with one_message(transport) as (conn, channel, client, marker, name, where):
         record = channel.qos.append
         def shut_down_then_record(message, tag):
-            try:
-                client.shutdown()
-            except redis.exceptions.ConnectionError:
-                pass
+            shut_down(client)
             return record(message, tag)
         channel.qos.append = shut_down_then_record
         try:
             message, error = channel.basic_get(name, no_ack=False), None
         except conn.connection_errors as exc:
             message, error = None, repr(exc)
-        back(client)
-        unacked = [v for v in client.hvals(channel.qos.unacked_key) if marker.encode() in v]
-        state = {"taken": message is not None, "error": error, "queued": client.llen(name),
-                 "unacked": len(unacked)}
+        state = where(message, error)
         if message is not None:
             message.ack()
-            state["unacked_after_ack"] = len([v for v in client.hvals(channel.qos.unacked_key)
-                                              if marker.encode() in v])
+            state["unacked_after_ack"] = len(unacked(client, channel, marker))
         channel.queue_delete(name)
         return state
 
 def hand_back(transport):
-    marker, name = uuid.uuid4().hex, "kit-gap-" + uuid.uuid4().hex[:8]
-    queue = Queue(name, Exchange(name), name)
-    client = redis.Redis.from_url(app.conf.broker_url)
-    with Connection(app.conf.broker_url, transport=transport,
-                    transport_options=app.conf.broker_transport_options) as conn:
-        channel = conn.channel()
-        Producer(channel).publish({}, headers={"marker": marker}, exchange=queue.exchange,
-                                  routing_key=name, declare=[queue])
+    with one_message(transport) as (conn, channel, client, marker, name, where):
         message = channel.basic_get(name, no_ack=False)
-        try:
-            client.shutdown()
-        except redis.exceptions.ConnectionError:
-            pass
+        shut_down(client)
         try:
             channel.close()  # as a worker that lost its connection: hands back what it holds
             error = None
         except conn.connection_errors as exc:
             error = repr(exc)
-        back(client)
-        unacked = [v for v in client.hvals(channel.qos.unacked_key) if marker.encode() in v]
-        state = {"taken": message is not None, "error": error, "queued": client.llen(name),
-                 "unacked": len(unacked)}
+        state = where(message, error)
     with Connection(app.conf.broker_url, transport=transport,
                     transport_options=app.conf.broker_transport_options) as conn:
         channel = conn.channel()
