@@ -56,66 +56,160 @@ def clear_records():
         host_of(name).run("rm -f /var/lib/celery/records/*.log")
 
 
+# The client a test sends its load with, run on a worker host as the celery user. It sends
+# record(n) for n in [first, first + count) and collects the results as one ResultSet, the way
+# the README tells clients to wait for many results: AsyncResult.get() in a loop pays up to 1 s
+# for each result that came while it waited on an earlier one (celery/celery#4733), which once
+# took this client past its time limit. The wait is bounded by progress: it ends STALL seconds
+# after the last result came, so one lost result ends it with its number in STALL seconds. A
+# broken connection to Redis (a broker restart) is asked again. It prints the task ids of the
+# results that never came and of the tasks that failed, the waits that ran more than 10 s past
+# their timeout, and how long it waited; while a wait runs long, its stack goes to stderr.
+LOAD_CLIENT = r"""
+import faulthandler, json, sys, time
+import celery.exceptions
+import redis.exceptions
+from celery.result import ResultSet
+from proj.tasks import record
+first, count, seconds, stall = %d, %d, %r, %d
+started = time.time()
+sent = {n: record.delay(n, seconds) for n in range(first, first + count)}
+results = ResultSet(list(sent.values()))
+done, last, overran = 0, time.time(), []
+while True:
+    budget = max(1.0, last + stall - time.time())
+    asked = time.time()
+    faulthandler.dump_traceback_later(budget + 15, repeat=True, file=sys.stderr)
+    try:
+        results.join_native(timeout=budget, propagate=False)
+        break
+    except celery.exceptions.TimeoutError:
+        pass
+    except (redis.exceptions.ConnectionError, ConnectionError):
+        time.sleep(1)  # the broker restarts: ask again
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        if time.time() - asked > budget + 10:
+            overran.append({"at": time.strftime("%%H:%%M:%%S", time.gmtime(asked)), "timeout": round(budget, 1),
+                            "seconds": round(time.time() - asked, 1)})
+    now = sum(1 for result in sent.values() if result.ready())
+    if now > done:
+        done, last = now, time.time()
+    elif time.time() >= last + stall:
+        break
+missing = {n: result.id for n, result in sent.items() if not result.ready()}
+failed = {n: "%%s: %%r" %% (result.id, result.result) for n, result in sent.items()
+          if n not in missing and result.failed()}
+print(json.dumps({"missing": missing, "failed": failed, "overran": overran,
+                  "seconds": round(time.time() - started, 1)}))
+"""
+
+STALL = 90  # seconds: more than the scenario's visibility timeout (30) and a redelivered task
+
+
+class Load:
+    """One load of record tasks, sent from the first worker host in a thread of its own. When a
+    result is missing or the client fails, explain() tells what became of each missing task."""
+
+    def __init__(self, first, count, seconds):
+        self.first, self.count, self.seconds = first, count, seconds
+        self.outcome, self.error = None, None
+        self.started = time.time()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self):
+        limit = int(self.count * self.seconds) + STALL * 3 + 60
+        try:
+            self.outcome = run_client(host_of(WORKERS[0]), LOAD_CLIENT % (
+                self.first, self.count, self.seconds, STALL), timeout=limit)
+        except AssertionError as exc:  # the client failed or ran out of time
+            self.error = str(exc)
+
+    def wait(self):
+        """Joins the client, then returns the report: task numbers missing (never ran, or ran with
+        no result), failed, and run twice."""
+        self.thread.join()
+        counts = records()
+        numbers = range(self.first, self.first + self.count)
+        missing = (self.outcome or {}).get("missing", {})
+        report = {
+            "client_error": self.error,
+            "never_ran": [n for n in numbers if counts[n] == 0],
+            "ran_without_result": sorted(int(n) for n in missing if counts[int(n)] > 0),
+            "failed": (self.outcome or {}).get("failed", {}),
+            # A wait for results that went on well past its timeout.
+            "overran": (self.outcome or {}).get("overran", []),
+            "twice": [n for n in numbers if counts[n] > 1],
+            "client_seconds": (self.outcome or {}).get("seconds"),
+        }
+        report["ok"] = not (report["client_error"] or report["never_ran"] or report["ran_without_result"]
+                            or report["failed"] or report["overran"])
+        if not report["ok"]:
+            report["explanation"] = self.explain(report, missing)
+        return report
+
+    def explain(self, report, missing):
+        """Where the missing tasks are on the broker (queued, unacknowledged, result stored), the
+        broker's queue lengths, and the workers' Celery log lines since the load started."""
+        missing = dict(sorted(missing.items(), key=lambda item: int(item[0])))
+        lines = ["client: %s" % (report["client_error"] or "returned"),
+                 "missing results (%d): %s" % (len(missing), dict(list(missing.items())[:10]))]
+        auth = "REDISCLI_AUTH=\"$(sed -n 's/^requirepass \"\\(.*\\)\"$/\\1/p' /etc/redis/redis.conf)\" redis-cli"
+        broker = host_of(BROKER)
+        lines.append(broker.run(
+            "%s llen celery; %s llen hipri; %s hlen unacked; %s zcard unacked_index"
+            % (auth, auth, auth, auth)).stdout.replace("\n", " ").join(["broker llen celery, llen hipri, hlen unacked, "
+                                                                          "zcard unacked_index: ", ""]))
+        for n, task_id in list(missing.items())[:10]:
+            where = broker.run(
+                "%s lrange celery 0 -1 | grep -c %s; %s hvals unacked | grep -c %s; %s -n 1 exists celery-task-meta-%s"
+                % (auth, task_id, auth, task_id, auth, task_id)).stdout.split()
+            lines.append("task %s (%s): queued %s, unacknowledged %s, result stored %s"
+                         % (n, task_id, *(where + ["?"] * 3)[:3]))
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.started - 5))
+        ids = "|".join(list(missing.values())[:10]) or "^$"
+        for name in WORKERS:
+            # Celery's log lines start with "[YYYY-mm-dd HH:MM:SS,ms: LEVEL/..." (UTC on these hosts);
+            # a traceback's lines go with the line before them.
+            out = host_of(name).run(
+                "journalctl --no-pager -o short-precise --since '%s UTC' -u 'celery-worker@*' | tail -n 40; "
+                "cat /var/log/celery/*.log | awk -v since='[%s' '/^\\[/ {keep = ($0 >= since)} keep' "
+                "| grep -E '%s|WARNING|ERROR|CRITICAL|^ ' | tail -n 60" % (since, since, ids))
+            lines.append("== %s: journal since %s UTC, then its Celery log (missing ids, warnings, errors)\n%s"
+                         % (name, since, out.stdout))
+        return "\n".join(lines)
+
+
 def send(first, count, seconds):
-    """Send record(n) for n in [first, first+count); wait for every result; return the failures.
-    Like a real client, it fetches a result again when its connection to Redis broke (a broker
-    restart), or when no word of it came for 30 s: the Redis result backend learns of a result
-    by pub/sub, and after a restart a result published between its read of the stored results
-    and its new subscription never reaches it (ResultConsumer._reconnect_pubsub in
-    celery/backends/redis.py; celery/celery#4857), while each get() reads the stored result
-    first. A task that failed, or a result still not there after 10 tries (5 minutes), is a
-    failure."""
-    return run_client(host_of(WORKERS[0]), "\n".join([
-        "import json, time",
-        "import celery.exceptions",
-        "import redis.exceptions",
-        "from proj.tasks import record",
-        "results = [record.delay(n, %r) for n in range(%d, %d)]" % (seconds, first, first + count),
-        "failed = []",
-        "for r in results:",
-        "    for attempt in range(10):",
-        "        try:",
-        "            r.get(timeout=30)",
-        "        except (redis.exceptions.ConnectionError, ConnectionError, celery.exceptions.TimeoutError) as exc:",
-        "            if attempt == 9:",
-        "                failed.append(repr(exc))",
-        "            time.sleep(1)",
-        "            continue",
-        "        except Exception as exc:",
-        "            failed.append(repr(exc))",
-        "        break",
-        "print(json.dumps(failed))"]), timeout=400)
+    """Sends a load and waits for it; returns the report (Load.wait)."""
+    return Load(first, count, seconds).wait()
 
 
 def test_rolling_restart_under_load_loses_no_task():
     clear_records()
     before = main_pids()
-    outcome = {}
-
-    def restart():
-        time.sleep(3)  # tasks are in flight on both hosts
-        started = time.time()
-        outcome["proc"] = playbook("playbooks/restart.yml")
-        outcome["seconds"] = time.time() - started
-
-    roller = threading.Thread(target=restart)
-    roller.start()
-    failed = send(0, 1000, 0.15)
-    roller.join()
-    proc = outcome["proc"]
+    load = Load(0, 1000, 0.15)
+    time.sleep(3)  # tasks are in flight on both hosts
+    started = time.time()
+    proc = playbook("playbooks/restart.yml")
+    seconds = time.time() - started
+    report = load.wait()
+    print("rolling restart took %.1f s; %d of 1000 tasks ran more than once: %s; client waited %s s"
+          % (seconds, len(report["twice"]), report["twice"][:20], report["client_seconds"]))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert report["ok"], explained(report)
     after = main_pids()
     assert set(after) == set(before) and all(after[u] != before[u] for u in before), (before, after)
-    assert failed == [], failed[:5]
-    counts = records()
-    missing = [n for n in range(1000) if counts[n] == 0]
-    twice = sorted(n for n in range(1000) if counts[n] > 1)
-    print("rolling restart took %.1f s; %d of 1000 tasks ran more than once: %s"
-          % (outcome["seconds"], len(twice), twice[:20]))
-    assert not missing, "%d tasks never completed: %s" % (len(missing), missing[:20])
     for name in WORKERS:
         journal = host_of(name).run("journalctl --no-pager -u 'celery-worker@*' | grep -c SIGKILL").stdout.strip()
         assert journal == "0", "SIGKILL in %s's journal" % name
+
+
+def explained(report):
+    """A failed load's report, its explanation last."""
+    return "\n".join(["%s: %s" % (k, str(v)[:400]) for k, v in report.items() if k != "explanation"]
+                     + [report.get("explanation", "")])
 
 
 def test_restart_order_and_health_checks():
@@ -175,31 +269,24 @@ def test_kill_9_of_a_worker_is_restarted_and_its_task_delivered_again():
 
 def test_broker_restart_mid_load_every_task_finishes():
     clear_records()
-    broker = host_of(BROKER)
-    outcome = {}
-
-    def load():
-        outcome["failed"] = send(0, 300, 0.1)
-
-    sender = threading.Thread(target=load)
-    sender.start()
+    load = Load(0, 300, 0.1)
     time.sleep(3)
-    assert broker.run("systemctl restart redis-server").rc == 0
-    sender.join()
-    assert outcome["failed"] == [], outcome["failed"][:5]
-    counts = records()
-    assert not [n for n in range(300) if counts[n] == 0]
+    assert host_of(BROKER).run("systemctl restart redis-server").rc == 0
+    report = load.wait()
+    print("broker restart: %d of 300 tasks ran more than once" % len(report["twice"]))
+    assert report["ok"], explained(report)
 
 
 # Run on a worker host as the celery user, through the kit's transport and through kombu's own:
 # take() takes a message off a queue of its own, with Redis shut down (systemd starts it again)
 # between the take and the record of the message as unacknowledged; hand_back() takes one, shuts
 # Redis down, and closes the channel as a worker that lost its connection does. Each reports
-# where the message is once Redis is back.
+# where the message is once Redis is back. stop_with_a_take_in_flight() stops a consumer as a
+# warm shutdown does, with a BRPOP in flight, and reports the queue's order after.
 GAP_CLIENT = r"""
 import contextlib, json, time, uuid
 import redis
-from kombu import Connection, Exchange, Producer, Queue
+from kombu import Connection, Consumer, Exchange, Producer, Queue
 from proj.celery import app
 
 def back(client):
@@ -274,9 +361,32 @@ def hand_back(transport):
                 channel.qos.ack(tag.decode())
     return state
 
+def stop_with_a_take_in_flight(transport):
+    # Five messages queued; a BRPOP in flight, as a worker's loop leaves it; the consumer is
+    # cancelled, as at a warm shutdown, and the connection closes. Returns the queue's order.
+    name = "kit-stop-" + uuid.uuid4().hex[:8]
+    queue = Queue(name, Exchange(name), name)
+    client = redis.Redis.from_url(app.conf.broker_url)
+    with Connection(app.conf.broker_url, transport=transport,
+                    transport_options=app.conf.broker_transport_options) as conn:
+        channel = conn.default_channel
+        for n in range(1, 6):
+            Producer(channel).publish({}, headers={"n": n}, exchange=queue.exchange, routing_key=name,
+                                      declare=[queue])
+        consumer = Consumer(channel, [queue], callbacks=[lambda body, message: None], accept=["json"])
+        consumer.consume()
+        conn.transport.cycle.on_poll_start()
+        time.sleep(0.3)  # Redis has handed message 1 to the BRPOP
+        consumer.cancel()
+    order = [json.loads(raw)["headers"]["n"] for raw in reversed(client.lrange(name, 0, -1))]
+    client.delete(name)
+    return order
+
 print(json.dumps({"kit": take(app.conf.broker_transport), "kombu": take("redis"),
                   "kit_hand_back": hand_back(app.conf.broker_transport),
-                  "kombu_hand_back": hand_back("redis")}))
+                  "kombu_hand_back": hand_back("redis"),
+                  "kit_stop": stop_with_a_take_in_flight(app.conf.broker_transport),
+                  "kombu_stop": stop_with_a_take_in_flight("redis")}))
 """
 
 
@@ -287,8 +397,11 @@ def test_a_task_held_as_redis_restarts_is_kept():
     message is recorded once Redis is back; through kombu's own it is in neither place. A channel
     closes while Redis is down, as a worker's does when it loses its connection: through the
     kit's transport the message it held is back in its queue once Redis is; through kombu's own
-    it stays unacknowledged until the visibility timeout. Kombu's results show the test hits
-    both gaps: should they change, kombu has closed a gap and the kit's transport can go."""
+    it stays unacknowledged until the visibility timeout. A worker stops with a BRPOP in flight,
+    as at a warm shutdown: the message Redis handed it goes back to the front of its queue
+    through the kit's transport; kombu requeues it at the back, behind everything queued since.
+    Kombu's results show the test hits each gap: should they change, kombu has closed a gap and
+    the kit's transport can go."""
     out = run_client(host_of(WORKERS[0]), GAP_CLIENT, timeout=180)
     assert out["kit"] == {"taken": True, "error": None, "queued": 0, "unacked": 1,
                           "unacked_after_ack": 0}, out
@@ -296,6 +409,10 @@ def test_a_task_held_as_redis_restarts_is_kept():
         and out["kombu"]["unacked"] == 0, out
     assert out["kit_hand_back"] == {"taken": True, "error": None, "queued": 1, "unacked": 0}, out
     assert out["kombu_hand_back"]["queued"] == 0 and out["kombu_hand_back"]["unacked"] == 1, out
+    # A worker stops with a BRPOP in flight: the message it was handed goes back to the front of
+    # its queue through the kit's transport, and to the back through kombu's.
+    assert out["kit_stop"] == [1, 2, 3, 4, 5], out
+    assert out["kombu_stop"] == [2, 3, 4, 5, 1], out
 
 
 def test_stop_and_start_playbooks():
@@ -308,7 +425,8 @@ def test_stop_and_start_playbooks():
     assert not host_of(BEAT[0]).service("celerybeat").is_running
     proc = playbook("playbooks/start.yml")
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert send(6000, 10, 0) == []
+    report = send(6000, 10, 0)
+    assert report["ok"], explained(report)
     assert host_of(BEAT[0]).service("celerybeat").is_running
 
 
@@ -368,13 +486,11 @@ def test_host_restart_brings_every_service_back():
         subprocess.run(["docker", "restart", name], check=True, timeout=120)
     deadline = time.time() + 90
     while True:
-        try:
-            failed = send(5000, 20, 0)
+        report = send(5000, 20, 0)
+        if report["ok"] or time.time() > deadline:
             break
-        except AssertionError:
-            assert time.time() < deadline, "the cluster did not come back"
-            time.sleep(5)
-    assert failed == []
+        time.sleep(5)  # the cluster is still coming back
+    assert report["ok"], explained(report)
     for name in WORKERS:
         out = host_of(name).run("systemctl is-active 'celery-worker@*'")
         assert "inactive" not in out.stdout and "failed" not in out.stdout
