@@ -5,14 +5,19 @@ preflight would fail as unreachable instead, and the test would see it.
 With KIT_BAD_INPUT_HOSTS, a JSON map from the host names below to real hosts, the inventories
 name those hosts instead: molecule/guard runs this file (and test_quoting.py) so, and checks
 that no file on them changed. The cases that pass preflight are skipped then, as they would
-deploy."""
+deploy.
+
+Each case is one run of `ansible-playbook -i INVENTORY site.yml`, as a fork of a process that has
+imported Ansible once (playbook_runner.py) rather than a new process: the same CLI code from
+main() on, with its own exit code, output and state, at a fraction of the start-up cost."""
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+
+from playbook_runner import Runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,10 +47,13 @@ def run_site(tmp_path, all_vars=None, host_vars=None, groups=None):
     path.write_text(json.dumps(inventory))
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
                ANSIBLE_CACHE_PLUGIN="memory", ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run(
+    return RUNNER.run(
         [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", str(path), "site.yml"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    return proc.returncode, proc.stdout + proc.stderr
+        cwd=ROOT, env=env, out_dir=tmp_path, timeout=300)
+
+
+# Runs ansible-playbook for run_site; test_quoting.py shares it through run_site.
+RUNNER = Runner()
 
 
 # The first play after the preflight checks (site.yml).

@@ -15,6 +15,8 @@ import sys
 import pytest
 from celery.apps.multi import MultiParser, NamespacedOptionParser
 
+from playbook_runner import Runner
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAYBOOK = os.path.join(ROOT, "tests", "render.yml")
 FILTERS = ":".join(os.path.join(ROOT, "roles", r, "filter_plugins") for r in ("celery_worker", "celery_app"))
@@ -114,13 +116,17 @@ def render(tmp_path, case_vars):
     out.mkdir()
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_FILTER_PLUGINS=FILTERS,
                ANSIBLE_CACHE_PLUGIN="memory", ANSIBLE_LOCALHOST_WARNING="false")
-    proc = subprocess.run(
+    rc, output = RUNNER.run(
         [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), PLAYBOOK,
          "-e", "@%s" % case, "-e", "render_dir=%s" % out,
          "-e", "ansible_python_interpreter=%s" % sys.executable],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+        cwd=ROOT, env=env, out_dir=tmp_path, timeout=120)
+    assert rc == 0, output
     return out
+
+
+# Runs ansible-playbook for render() without a Python start-up per case (playbook_runner.py).
+RUNNER = Runner()
 
 
 _RENDERED = {}
