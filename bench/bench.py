@@ -1,6 +1,6 @@
 """The kit's benchmark: how long deploys take and how fast the deployed cluster runs tasks.
 
-    ./kit bench [--runs N] [--only a,b,c,d,e,f] [--sizes 1,2,4,8] [--tasks 5000] [--f-runs 7]
+    ./kit bench [--runs N] [--only a,b,c,d,e,f] [--sizes 1,2,4,8] [--tasks 5000] [--f-runs 7] [--publish]
 
 Hosts are local containers like the sandbox's (same image and container settings, names
 celery-bench-*, network celery-bench): a broker, N worker hosts and a beat host, deployed
@@ -23,8 +23,9 @@ and max; (f) also gives the ratio run by run. A second table gives the CPU secon
 fresh deploy and floor, split between the hosts and the controller: where the hosts outnumber
 the CPUs, those seconds over the CPUs are the least time the run can take on this machine.
 The tables go to stdout and to .cache/bench/results.md, the numbers to
-.cache/bench/results.json, the plot of (e) and (f) to .cache/bench/bench.png. Containers and
-the network are removed at the end, also on failure.
+.cache/bench/results.json, the plot of (e) and (f) to .cache/bench/bench.png; --publish puts
+them in docs/ (docs/benchmark.md, the page of the latest run). Containers and the network are
+removed at the end, also on failure.
 """
 
 import argparse
@@ -328,6 +329,8 @@ def main():
                         "spells move one run by up to a fifth")
     p.add_argument("--floor-workers", type=int, default=2,
                    help="worker hosts for (b); 2 is the sandbox's shape that (a) is compared with")
+    p.add_argument("--publish", action="store_true",
+                   help="write the results to docs/benchmark.md, docs/bench-results.json and docs/bench.png")
     args = p.parse_args()
     only = set(args.only.split(","))
     os.makedirs(OUT, exist_ok=True)
@@ -422,6 +425,35 @@ def main():
     if "e" in res or "f" in res:
         plot(res, os.path.join(OUT, "bench.png"))
         log("plot: %s" % os.path.join(OUT, "bench.png"))
+    if args.publish:
+        publish(res, table, " ".join(sys.argv[1:]))
+
+
+def publish(res, table, argv):
+    """The page of the latest run, docs/benchmark.md, with its numbers and plot beside it. Earlier
+    runs are in git's history of these files."""
+    docs = os.path.join(ROOT, "docs")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    # What the benchmark runs: a change elsewhere (docs, tests) does not make the run's commit wrong.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "ansible.cfg", "site.yml",
+                            "roles", "playbooks", "plugins", "inventories", "bench", "requirements.txt"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    shutil.copy(os.path.join(OUT, "results.json"), os.path.join(docs, "bench-results.json"))
+    plotted = os.path.exists(os.path.join(OUT, "bench.png")) and ("e" in res or "f" in res)
+    if plotted:
+        shutil.copy(os.path.join(OUT, "bench.png"), os.path.join(docs, "bench.png"))
+    # The docstring's paragraphs on the hosts and on the figures.
+    hosts, figures = __doc__.split("\n\n")[2:4]
+    with open(os.path.join(docs, "benchmark.md"), "w") as f:
+        f.write("# Benchmark\n\nThe latest run of `./kit bench %s`, on commit %s%s, %s (UTC).\n"
+                "Earlier runs are in the git history of this page and of `docs/bench-results.json`.\n\n"
+                "%s\n\n```\n%s\n```\n\n%s\n"
+                % (argv.replace("--publish", "").strip(), commit, " with uncommitted changes" if dirty else "",
+                   res["date"], hosts, figures, table))
+        if plotted:
+            f.write("\n![(e) deploy time by worker hosts and (f) throughput](bench.png)\n")
+    log("published: docs/benchmark.md")
 
 
 def row(label, s, unit="s", target=""):
