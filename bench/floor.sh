@@ -12,7 +12,7 @@ set -euo pipefail
 start=$(date +%s.%N)
 broker=$1 worker1=$2 worker2=$3 beat=$4
 more_workers=("${@:5}")
-app_src=$(cd "$(dirname "$0")/.." && pwd)/roles/celery_app/files/proj
+app_src=$(cd "$(dirname "$0")/.." && pwd)/roles/celery_app/files/sample/proj
 logs=${FLOOR_LOG_DIR:-/tmp/floor-logs}
 mkdir -p "$logs"
 password=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')   # letters and digits
@@ -65,7 +65,7 @@ broker_connection_retry_on_startup = True
 kit_state_dir = "/var/lib/celery"
 CONFIG
 cd /opt/celery/app
-runuser -u celery -- /opt/celery/venv/bin/celery -A proj $start_cmd \
+runuser -u celery -- env CELERY_CONFIG_MODULE=proj.celeryconfig /opt/celery/venv/bin/celery -A proj $start_cmd \
   --logfile=/var/log/celery/$node.log --pidfile=/var/lib/celery/$node.pid
 EOF
 }
@@ -91,7 +91,7 @@ for pid in "${!jobs[@]}"; do
 done
 [ "$failed" = 0 ] || exit 1
 
-result=$(docker exec "$worker1" bash -c 'cd /opt/celery/app && runuser -u celery -- /opt/celery/venv/bin/python -c "from proj.tasks import add; print(add.delay(2, 3).get(timeout=120))"' \
+result=$(docker exec "$worker1" bash -c 'cd /opt/celery/app && runuser -u celery -- env CELERY_CONFIG_MODULE=proj.celeryconfig /opt/celery/venv/bin/python -c "from proj.tasks import add; print(add.delay(2, 3).get(timeout=120))"' \
   2>"$logs/client.log") || { echo "client: FAILED" >&2; tail -n 30 "$logs/client.log" >&2; exit 1; }
 [ "$result" = 5 ] || { echo "client: expected 5, got '$result'" >&2; exit 1; }
 echo "floor_seconds=$(elapsed)"

@@ -44,7 +44,8 @@ def main():
     code = CLIENT % args.tasks
     out = subprocess.run(
         ["docker", "exec", "celery-rst-worker1-d%s" % args.version, "sh", "-c",
-         "cd /opt/celery/app && runuser -u celery -- /opt/celery/venv/bin/python -c '%s'" % code.replace("'", "'\\''")],
+         "cd /opt/celery/current/app && runuser -u celery -- /bin/sh -c 'set -a; . /etc/celery-kit/environment; "
+         "set +a; exec /opt/celery/current/venv/bin/python -c \"$0\"' '%s'" % code.replace("'", "'\\''")],
         capture_output=True, text=True, timeout=300, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     print("%d results that came while the client waited on a slow task: get() one by one took %.1f s "

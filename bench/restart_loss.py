@@ -76,7 +76,8 @@ def main():
 
             def client():
                 code = CLIENT % (first, args.tasks, args.wait)
-                out = sh(workers[0], "cd /opt/celery/app && runuser -u celery -- /opt/celery/venv/bin/python -c '%s'"
+                out = sh(workers[0], "cd /opt/celery/current/app && runuser -u celery -- /bin/sh -c 'set -a; . /etc/celery-kit/environment; "
+         "set +a; exec /opt/celery/current/venv/bin/python -c \"$0\"' '%s'"
                          % code.replace("'", "'\\''"), timeout=args.wait + 120)
                 assert out.returncode == 0, out.stderr
                 box["missing"] = json.loads(out.stdout.strip().splitlines()[-1])

@@ -397,3 +397,60 @@ def test_templated_values_pass_preflight(tmp_path):
                  FLOWER_HOST: {"celery_flower_port": "{{ '5556' }}"}}
     rc, out = run_site(tmp_path, all_vars=all_vars, host_vars=host_vars, groups=FLOWER_GROUPS)
     assert PAST_PREFLIGHT in out, out
+
+
+# --- the app's source, its environment and its settings (celery_app) -------------------------
+
+@pytest.mark.parametrize("source, words", [
+    ({"git": "https://git.example.com/app.git"}, "celery_app_source.git (https://git.example.com/app.git) has no version"),
+    ({"git": "https://git.example.com/app.git", "version": "../../etc"}, "celery_app_source.version is '../../etc'"),
+    ({"dist": "/nonexistent/myapp-1.0-py3-none-any.whl"}, "which is not a file on the controller"),
+    ({"dist": "/etc/hostname"}, "give a wheel (.whl) or an sdist (.tar.gz) file"),
+    ({"requirement": "myapp"}, "give one pinned requirement such as myapp==1.4.2"),
+    ({"folder": "/nonexistent/app"}, "which is not a folder on the controller"),
+    ({"svn": "https://svn.example.com/app"}, "celery_app_source must be a folder on the controller, or a mapping"),
+    ({"dist": "/nonexistent/a.whl", "version": "1"}, "keys the kit does not know for a dist source: version"),
+], ids=["git-no-version", "git-bad-version", "dist-missing", "dist-not-a-dist", "requirement-unpinned",
+        "folder-missing", "unknown-kind", "dist-with-version"])
+def test_bad_app_source(tmp_path, source, words):
+    rc, out = run_site(tmp_path, all_vars={"celery_app_source": source})
+    assert_stopped_in_preflight(rc, out, "celery_app_source", words)
+
+
+def test_django_settings_without_django(tmp_path):
+    """DJANGO_SETTINGS_MODULE means nothing to an app without Django: the sample app's folder has
+    no requirements.txt, and celery_app_requirements names no Django."""
+    rc, out = run_site(tmp_path, all_vars={"celery_app_django_settings": "mysite.settings"})
+    assert_stopped_in_preflight(rc, out, "celery_app_django_settings is 'mysite.settings', but neither")
+
+
+@pytest.mark.parametrize("module", ["proj.celery", "proj.celery:app"])
+@passes_preflight
+def test_every_form_of_celery_app_passes_preflight(tmp_path, module):
+    rc, out = run_site(tmp_path, all_vars={"celery_app_module": module})
+    assert PAST_PREFLIGHT in out, out
+
+
+@pytest.mark.parametrize("module", ["proj:", "proj.celery:app:x", "proj celery", "proj/celery"])
+def test_bad_forms_of_celery_app(tmp_path, module):
+    rc, out = run_site(tmp_path, all_vars={"celery_app_module": module})
+    assert_stopped_in_preflight(rc, out, "celery_app_module is '%s'" % module)
+
+
+@pytest.mark.parametrize("environment, words", [
+    ({"MY-KEY": "x"}, "celery_app_environment: the name 'MY-KEY' is not a shell variable name"),
+    ({"1KEY": "x"}, "the name '1KEY' is not a shell variable name"),
+    ({"KEY;id": "x"}, "is not a shell variable name"),
+    ({"API_KEY": "s3cret\n"}, "celery_app_environment.API_KEY holds a newline"),
+    ({"API_KEY": "line1\nline2"}, "celery_app_environment.API_KEY holds a newline"),
+    ({"API_KEY": " s3cret"}, "celery_app_environment.API_KEY starts or ends with whitespace"),
+    ({"PYTHONPATH": "/srv"}, "celery_app_environment.PYTHONPATH: the kit sets PYTHONPATH itself"),
+    ({"API_KEY": {"nested": 1}}, "celery_app_environment.API_KEY must be a string or a number"),
+], ids=["dash", "digit-first", "semicolon", "trailing-newline", "newline", "leading-space", "kit-owned",
+        "mapping"])
+def test_bad_app_environment(tmp_path, environment, words):
+    """Values come from vault in real use; none is echoed back in the message."""
+    rc, out = run_site(tmp_path, all_vars={"celery_app_environment": environment})
+    assert_stopped_in_preflight(rc, out, words)
+    assert "s3cret" not in out.replace("s3cret\\n", "")
+

@@ -1,7 +1,8 @@
 """No inventory value can carry a command into /etc/default/celeryd, /etc/default/celerybeat,
-/etc/default/celery-flower, a unit's ExecStart or WorkingDirectory, an init script, redis.conf or
-celeryconfig.py. Values that land in those files unquoted, or inside double quotes that sh
-reads, are restricted to characters that mean nothing there: each attempt below, one per
+/etc/default/celery-flower, a unit's ExecStart or WorkingDirectory, an init script, redis.conf,
+the kit's settings module (celery_kit/config.py) or its environment file. Values that land in
+those files unquoted, or inside double quotes that sh reads, are restricted to characters that
+mean nothing there: each attempt below, one per
 variable, must stop in preflight with a message naming the variable. Values that may hold
 anything (passwords, schedule names, task arguments) are escaped instead; molecule/guard
 deploys hostile ones and checks that the cluster works and that no command ran."""
@@ -33,8 +34,8 @@ GROUPS_WITH_FLOWER = {
 }
 
 CLUSTER_WIDE = [
-    ("celery_venv", "/opt/celery/venv" + PAYLOAD),
-    ("celery_app_dir", "/opt/app " + SUBSHELL),
+    ("celery_install_dir", "/opt/celery" + PAYLOAD),
+    ("celery_install_dir", "/opt/app " + SUBSHELL),
     ("celery_home", "/var/lib/celery;id"),
     ("celery_log_dir", "/var/log/" + BACKTICK),
     ("celery_run_dir", "/run/celery\nExecStartPre=/bin/touch /tmp/pwned"),
@@ -97,7 +98,23 @@ def test_redis_password_cannot_add_a_directive(tmp_path):
 
 
 def test_setting_name_cannot_carry_python(tmp_path):
-    """Each extra setting becomes `name = <json>` in celeryconfig.py."""
+    """Each extra setting becomes `name = <Python literal>` in the kit's settings module."""
     settings = {"import os; os.system('touch /tmp/pwned'); x": 1}
     rc, out = run_site(tmp_path, all_vars={"celery_app_extra_settings": settings})
     assert_refused(rc, out, "celery_app_extra_settings")
+
+
+@pytest.mark.parametrize("environment, words", [
+    ({"BAD NAME": "x"}, "'BAD NAME' is not a shell variable name"),
+    ({"X;touch /tmp/pwned": "x"}, "is not a shell variable name"),
+    ({"SECRET": "line one\nExecStartPre=/bin/touch /tmp/pwned"}, "celery_app_environment.SECRET holds a newline"),
+    ({"SECRET": "pasted\n"}, "celery_app_environment.SECRET holds a newline"),
+    ({"SECRET": " padded"}, "celery_app_environment.SECRET starts or ends with whitespace"),
+    ({"PYTHONPATH": "/tmp"}, "celery_app_environment.PYTHONPATH: the kit sets PYTHONPATH itself"),
+], ids=["space", "shell", "newline", "trailing-newline", "whitespace", "reserved"])
+def test_environment_names_and_values_are_refused(tmp_path, environment, words):
+    """A name goes unquoted into the environment file, which sh sources; a value is one line in
+    double quotes, so a newline would start another assignment (or a systemd directive)."""
+    rc, out = run_site(tmp_path, all_vars={"celery_app_environment": environment})
+    assert_refused(rc, out, "celery_app_environment")
+    assert words in out, out[-3000:]

@@ -259,3 +259,27 @@ def test_logrotate_renames_and_never_truncates(tmp_path_factory):
     assert "copytruncate" not in text.replace("# ", "").split("{", 1)[1]
     assert "su celery celery" in text
     assert "delaycompress" in text
+
+
+def test_extra_settings_are_python_literals(tmp_path):
+    """celery_app_extra_settings of every YAML type render as Python literals: the rendered
+    settings module imports, and holds the values as Python has them."""
+    settings = {"task_track_started": True, "worker_disable_rate_limits": False, "result_expires": None,
+                "worker_max_tasks_per_child": 100, "broker_pool_limit": 0.5, "task_default_queue": "it's \"q\"",
+                "task_create_missing_queues": [1, "two", None, False],
+                "broker_transport_options": {"priority_steps": [0, 3], "nested": {"deep": True, "s": "x\\y"}}}
+    out = render(tmp_path, {"celery_app_extra_settings": settings})
+    module = {}
+    exec(compile((out / "config.py").read_text(), "config.py", "exec"), module)
+    for name, value in settings.items():
+        assert module[name] == value and type(module[name]) is type(value), name
+
+
+def test_environment_file_reads_back_in_sh_as_given(tmp_path):
+    """The environment file, sourced by sh as the init scripts source it, gives each value as
+    the inventory has it (systemd reads the same quoting alike: checked on Debian 12 and 13)."""
+    environment = {"PASSWORD": "it's $x \"q\" `id` \\n \\ back ; & | < >", "EMPTY": "", "NUMBER": 5}
+    out = render(tmp_path, {"celery_app_environment": environment, "celery_app_django_settings": "mysite.settings"})
+    got = read_back(out / "environment", list(environment) + ["DJANGO_SETTINGS_MODULE", "CELERY_CONFIG_MODULE"])
+    assert got == dict({k: str(v) for k, v in environment.items()}, DJANGO_SETTINGS_MODULE="mysite.settings",
+                       CELERY_CONFIG_MODULE="celery_kit.config")

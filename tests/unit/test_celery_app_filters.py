@@ -261,7 +261,118 @@ def test_schedule_uses_nothing(app, entries):
 
 def test_filters_are_exported(app):
     assert set(app.FilterModule().filters()) == {
-        "celery_app_schedule_problems", "celery_app_schedule", "celery_app_schedule_uses"}
+        "celery_app_schedule_problems", "celery_app_schedule", "celery_app_schedule_uses",
+        "celery_app_python", "celery_app_setting_problems", "celery_app_env_line", "celery_app_env_problems",
+        "celery_app_source_kind", "celery_app_source_problems", "celery_app_release_id"}
+
+
+# --- celery_app_python, celery_app_setting_problems (celery_app_extra_settings) ----------------
+
+@pytest.mark.parametrize("value", [True, False, None, 0, -3, 2.5, "it's \"q\"\n", [1, "a", None],
+                                   {"a": {"b": [True, 1.0]}, 1: "one"}])
+def test_settings_read_back_as_the_same_python_value(app, value):
+    text = app.celery_app_python(value)
+    assert ast.literal_eval(text) == value and type(ast.literal_eval(text)) is type(value)
+
+
+def test_yaml_booleans_are_python_booleans(app):
+    assert app.celery_app_python({"task_track_started": True}) == "{'task_track_started': True}"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), {1, 2}, object()])
+def test_a_setting_with_no_python_literal_is_named(app, value):
+    problems = app.celery_app_setting_problems({"fine": 1, "broker_transport_options": {"x": [value]}})
+    assert len(problems) == 1 and problems[0].startswith("celery_app_extra_settings.broker_transport_options['x'][0]")
+
+
+# --- celery_app_env_problems, celery_app_env_line (celery_app_environment) -----------------------
+
+def test_good_environment(app):
+    assert app.celery_app_env_problems({"API_KEY": "s3cr3t 'x' $y", "_N1": 5, "EMPTY": ""}) == []
+
+
+@pytest.mark.parametrize("name", ["1ABC", "MY-VAR", "A B", "A;rm", "", "ÄB", "A\nB"])
+def test_names_that_are_not_shell_safe(app, name):
+    (problem,) = app.celery_app_env_problems({name: "v"})
+    assert "is not a shell variable name" in problem and repr(name) in problem
+
+
+@pytest.mark.parametrize("value, says", [("line\nnext", "newline"), ("tab\there", "control character"),
+                                         ("pasted\n", "newline"), (" lead", "whitespace"), ("trail ", "whitespace"),
+                                         (None, "string or a number"), (["a"], "string or a number")])
+def test_values_that_cannot_be_one_line(app, value, says):
+    (problem,) = app.celery_app_env_problems({"SECRET": value})
+    assert problem.startswith("celery_app_environment.SECRET") and says in problem
+    assert str(value).strip() not in problem or value is None or isinstance(value, list)
+
+
+def test_names_the_kit_sets_are_refused(app):
+    (problem,) = app.celery_app_env_problems({"PYTHONPATH": "/x"}, ["PYTHONPATH"])
+    assert "the kit sets PYTHONPATH itself" in problem
+
+
+def test_environment_that_is_not_a_mapping(app):
+    assert app.celery_app_env_problems(["A=1"]) == ["celery_app_environment must be a mapping of variable names to values."]
+
+
+def test_env_line_escapes_what_sh_and_systemd_expand(app):
+    assert app.celery_app_env_line(("P", 'a"b$c`d\\e')) == 'P="a\\"b\\$c\\`d\\\\e"'
+
+
+# --- celery_app_source_kind, celery_app_source_problems, celery_app_release_id -----------------
+
+def test_source_kinds(app, tmp_path):
+    assert app.celery_app_source_kind(str(tmp_path)) == {"kind": "folder", "folder": str(tmp_path)}
+    assert app.celery_app_source_kind({"git": "u", "version": "v1"})["kind"] == "git"
+    assert app.celery_app_source_kind({"git": "u", "dist": "d"})["kind"] is None
+    assert app.celery_app_source_kind(5) == {"kind": None}
+
+
+def test_good_sources(app, tmp_path):
+    wheel = tmp_path / "myapp-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"wheel")
+    for source in (str(tmp_path), {"git": "https://git.example.com/app.git", "version": "v1.2.0"},
+                   {"git": "file:///srv/app.git", "version": "0123abcd"}, {"dist": str(wheel)},
+                   {"requirement": "myapp==1.4.2"}, {"requirement": "my_app[redis]~=1.4"}):
+        assert app.celery_app_source_problems(source) == [], source
+
+
+@pytest.mark.parametrize("source, says", [
+    ({"git": "https://git.example.com/app.git"}, "has no version"),
+    ({"git": "https://git.example.com/app.git", "version": ""}, "has no version"),
+    ({"git": "https://git.example.com/app.git", "version": "v1; rm -rf /"}, "give a tag, branch or commit"),
+    ({"git": "https://git.example.com/app.git", "version": "--upload-pack=x"}, "give a tag, branch or commit"),
+    ({"git": "u", "dist": "d"}, "a mapping with one of"),
+    ({"dist": "/nonexistent/app-1.0-py3-none-any.whl"}, "not a file on the controller"),
+    ({"dist": "/etc/hostname"}, "give a wheel (.whl) or an sdist"),
+    ({"requirement": "myapp"}, "one pinned requirement"),
+    ({"requirement": "myapp==1.0 --index-url=http://evil"}, "one pinned requirement"),
+    ({"requirement": "myapp==1.0", "version": "v1"}, "keys the kit does not know"),
+    ("/nonexistent/app", "not a folder on the controller"),
+    (["a"], "must be a folder on the controller, or a mapping"),
+])
+def test_bad_sources(app, source, says):
+    (problem,) = app.celery_app_source_problems(source)
+    assert says in problem and problem.startswith("celery_app_source")
+
+
+def test_a_release_id_follows_the_folder_contents(app, tmp_path):
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "tasks.py").write_text("x = 1\n")
+    first = app.celery_app_release_id(str(tmp_path), ["celery==5.5.3"])
+    (tmp_path / "proj" / "__pycache__").mkdir()
+    (tmp_path / "proj" / "__pycache__" / "tasks.pyc").write_bytes(b"cache")
+    assert app.celery_app_release_id(str(tmp_path), ["celery==5.5.3"]) == first
+    assert app.celery_app_release_id(str(tmp_path), ["celery==5.5.2"]) != first
+    (tmp_path / "proj" / "tasks.py").write_text("x = 2\n")
+    assert app.celery_app_release_id(str(tmp_path), ["celery==5.5.3"]) != first
+    assert len(first) == 12 and int(first, 16) >= 0
+
+
+def test_a_git_release_id_follows_the_commit(app):
+    source = {"git": "u", "version": "main"}
+    assert app.celery_app_release_id(source, [], "a" * 40) != app.celery_app_release_id(source, [], "b" * 40)
+    assert app.celery_app_release_id(source, [], "a" * 40) == app.celery_app_release_id(source, [], "a" * 40)
 
 
 # --- Known bugs (see the report); strict, so a fix shows up as XPASS ------------------------------

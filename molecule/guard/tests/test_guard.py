@@ -17,7 +17,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")
 ALL = hosts_in("all")
 NODE1, NODE2 = "celery-grd-node1", "celery-grd-node2"
 RESULTS = hosts_in("result_backends")[0]
-SECRETS = ["vault_rabbitmq_broker_password", "vault_redis_results_password", "vault_celery_flower_password"]
+SECRETS = ["vault_rabbitmq_broker_password", "vault_redis_results_password", "vault_celery_flower_password",
+           "vault_app_api_key"]
 # Files the kit writes and the places it installs to: none may change on a refused run.
 WATCHED = "/etc /opt/celery"
 
@@ -129,9 +130,11 @@ def test_no_secret_in_the_verbose_converge_log():
 
 # Each file holding a secret: its owner, and the groups that may read it.
 SECRET_FILES = [
-    (NODE1, "/opt/celery/app/proj/celeryconfig.py", "root", "celery"),
-    (NODE2, "/opt/celery/app/proj/celeryconfig.py", "root", "celery"),
+    (NODE1, "/opt/celery/kit/celery_kit/config.py", "root", "celery"),
+    (NODE2, "/opt/celery/kit/celery_kit/config.py", "root", "celery"),
     (NODE2, "/etc/default/celery-flower", "root", "root"),
+    (NODE1, "/etc/celery-kit/environment", "root", "celery"),
+    (NODE2, "/etc/celery-kit/environment", "root", "celery"),
     (RESULTS, "/etc/redis/redis.conf", "redis", "redis"),
     # Read by systemd for the drop-in that pauses Redis's clients before it stops.
     (RESULTS, "/etc/redis/celery-kit-stop.env", "root", "root"),

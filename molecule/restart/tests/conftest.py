@@ -12,5 +12,6 @@ _SPEC.loader.exec_module(_SHARED)
 broadcast = _SHARED.broadcast
 host_of = _SHARED.host_of
 hosts_in = _SHARED.hosts_in
+playbook = _SHARED.playbook
 run_client = _SHARED.run_client
 pytest_runtest_makereport = _SHARED.pytest_runtest_makereport

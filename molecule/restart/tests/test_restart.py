@@ -5,29 +5,18 @@ process, a broker restart mid-load, and a host (container) restart."""
 
 import collections
 import os
-import re
 import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import broadcast, host_of, hosts_in, run_client
+from conftest import broadcast, host_of, hosts_in, playbook, run_client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 WORKERS = hosts_in("celery_workers")
 BROKER = hosts_in("brokers")[0]
 BEAT = hosts_in("celery_beat")
-
-
-def playbook(*args):
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_CACHE_PLUGIN="memory",
-               ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"]] + list(args),
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    proc.stdout = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
-    return proc
 
 
 def main_pids():

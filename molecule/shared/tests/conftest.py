@@ -2,7 +2,9 @@
 
 import json
 import os
+import re
 import shlex
+import subprocess
 import time
 
 import pytest
@@ -11,8 +13,13 @@ import testinfra.utils.ansible_runner
 
 RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"])
 
-VENV = "/opt/celery/venv"
-APP_DIR = "/opt/celery/app"
+VENV = "/opt/celery/current/venv"
+APP_DIR = "/opt/celery/current/app"
+KIT_DIR = "/opt/celery/kit/celery_kit"
+ENV_FILE = "/etc/celery-kit/environment"
+# Runs the rest of its command line as the celery user with the app's environment loaded, as
+# the kit's units and helpers run (celery_kit_python in roles/celery/vars/main.yml).
+AS_CELERY = "runuser -u celery -- /bin/sh -c 'set -a; . \"$0\"; set +a; exec \"$@\"' %s" % ENV_FILE
 
 
 # Under load, the Docker engine sometimes fails to start an exec at all: "failed to start io pipe
@@ -44,6 +51,9 @@ def inventory_vars(name):
 
 # The broker the scenario's inventory chose (group_vars/all).
 BROKER = inventory_vars(hosts_in("brokers")[0]).get("celery_broker", "redis")
+# Python that binds `app` to the deployed app, found from CELERY_APP as Celery finds it.
+IMPORT_APP = "from celery.app.utils import find_app; app = find_app(%r)" % (
+    inventory_vars(hosts_in("celery_workers")[0]).get("celery_app_module", "proj"))
 
 
 def host_of(name):
@@ -52,10 +62,23 @@ def host_of(name):
     )
 
 
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+
+def playbook(*args, timeout=900):
+    """ansible-playbook ARGS from the kit's root against the scenario's inventory, uncoloured."""
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_CACHE_PLUGIN="memory",
+               ANSIBLE_ROLES_PATH=os.path.join(ROOT, "roles"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"]] + list(args),
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    proc.stdout = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
+    return proc
+
+
 def run_client(host, code, timeout=90):
     """Run Python code as the celery user with the deployed app importable; return its JSON."""
-    cmd = "cd %s && timeout %d runuser -u celery -- %s/bin/python -c %s" % (
-        APP_DIR, timeout, VENV, shlex.quote(code))
+    cmd = "cd %s && timeout %d %s %s/bin/python -c %s" % (APP_DIR, timeout, AS_CELERY, VENV, shlex.quote(code))
     out = host.run(cmd)
     assert out.rc == 0, "client failed (rc=%s):\n%s\n%s" % (out.rc, out.stdout, out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -69,9 +92,9 @@ def broadcast(method, expected=None, deadline=60):
     if expected is None:
         expected = {"%s@%s" % (node, name) for name in hosts_in("celery_workers") for node in worker_nodes(name)}
     call = "app.control.ping(timeout=5)" if method == "ping" else "app.control.inspect(timeout=10).%s()" % method
-    code = ("import json; from proj.celery import app; r = %s; "
+    code = ("import json; %s; r = %s; "
             "r = {k: v for d in r for k, v in d.items()} if isinstance(r, list) else (r or {}); "
-            "print(json.dumps(r))" % call)
+            "print(json.dumps(r))" % (IMPORT_APP, call))
     replies, until = {}, time.time() + deadline
     while True:
         replies.update(run_client(host_of(hosts_in("celery_workers")[0]), code))

@@ -1,10 +1,11 @@
 """Verify the deployed cluster by what it does: services, users, files, and real tasks."""
 
+import re
 import time
 
 import pytest
 
-from conftest import BROKER, broadcast, host_of, hosts_in, run_client, worker_nodes
+from conftest import BROKER, broadcast, host_of, hosts_in, playbook, run_client, worker_nodes
 
 BROKERS = hosts_in("brokers")
 WORKERS = hosts_in("celery_workers")
@@ -91,13 +92,33 @@ def test_celerybeat_defaults_file_and_schedule(name):
 @pytest.mark.parametrize("name", WORKERS + BEAT)
 def test_app_files_hold_the_secret_safely(name):
     host = host_of(name)
-    config = host.file("/opt/celery/app/proj/celeryconfig.py")
-    assert (config.user, config.group, config.mode) == ("root", "celery", 0o640)
-    for path in ("/opt/celery/app/proj/tasks.py", "/opt/celery/venv/bin/celery"):
+    for path in ("/opt/celery/kit/celery_kit/config.py", "/etc/celery-kit/environment"):
         f = host.file(path)
-        assert f.user == "root" and not f.mode & 0o022, path  # the celery user cannot change code
+        assert (f.user, f.group, f.mode) == ("root", "celery", 0o640), path
+    # The release (code and virtualenv) is root's: the celery user can run it but not change it.
+    release = host.run("readlink -f /opt/celery/current").stdout.strip()
+    assert release.startswith("/opt/celery/releases/"), release
+    writable = host.run("find %s -perm /022 ! -type l | head -5" % release).stdout.strip()
+    assert writable == "", writable
+    assert host.file(release).user == "root" and host.file(release + "/venv/bin/celery").user == "root"
     logs = host.file("/var/log/celery")
     assert (logs.user, logs.group, logs.mode) == ("celery", "celery", 0o750)
+
+
+def test_every_host_runs_the_same_whole_release():
+    """Each Celery host's `current` names one release directory, the same on every host, that
+    the kit completed (it imported there); the worker nodes run from it."""
+    releases = {}
+    for name in WORKERS + BEAT + hosts_in("flower"):
+        host = host_of(name)
+        release = host.run("readlink -f /opt/celery/current").stdout.strip()
+        assert host.file(release + "/.complete").exists, (name, release)
+        releases[name] = release
+        for node in worker_nodes(name) if name in WORKERS else []:
+            pid = host.run("systemctl show -p MainPID --value celery-worker@%s" % node).stdout.strip()
+            cwd = host.run("readlink /proc/%s/cwd" % pid).stdout.strip()
+            assert cwd == release + "/app", (name, node, cwd)
+    assert len(set(releases.values())) == 1, releases
 
 
 # --- behaviour: tasks through the deployed broker ----------------------------------------
@@ -105,7 +126,7 @@ def test_app_files_hold_the_secret_safely(name):
 def test_app_uses_the_chosen_broker():
     scheme = {"redis": "redis://", "rabbitmq": "amqp://"}[BROKER]
     for name in WORKERS + BEAT:
-        config = host_of(name).file("/opt/celery/app/proj/celeryconfig.py").content_string
+        config = host_of(name).file("/opt/celery/kit/celery_kit/config.py").content_string
         assert 'broker_url = "%s' % scheme in config, name
 
 
@@ -113,7 +134,7 @@ def test_task_events_only_with_flower():
     """Workers send task events when the inventory deploys Flower, and not otherwise."""
     with_flower = bool(hosts_in("flower"))
     for name in WORKERS:
-        config = host_of(name).file("/opt/celery/app/proj/celeryconfig.py").content_string
+        config = host_of(name).file("/opt/celery/kit/celery_kit/config.py").content_string
         assert ("worker_send_task_events = True" in config) == with_flower, name
 
 
@@ -161,3 +182,17 @@ def test_periodic_task_has_run():
         time.sleep(2)
     beat_log = host_of(BEAT[0]).file("/var/log/celery/beat.log").content_string
     assert "Sending due task heartbeat" in beat_log
+
+
+def test_smoke_shows_the_task_features_of_the_notes():
+    """./kit smoke's playbook: a chain, a chord through the result backend, a rate limit,
+    countdown, expires and a failure, each as the notes teach; the app's task_failure handler
+    logs the failure on the worker that ran it."""
+    run = playbook("playbooks/smoke.yml")
+    assert run.returncode == 0, run.stdout[-3000:]
+    lines = [line for line in run.stdout.splitlines() if re.search(r"\s(ok|FAILED)\s+[0-9.]+s", line)]
+    for feature in ("[chain]", "[chord]", "[rate_limit 30/m]", "[countdown=2]", "[expires, past]", "[task_failure]"):
+        assert any(feature in line and re.search(r"\sok\s+[0-9.]+s", line) for line in lines), (feature, lines)
+    logged = [host_of(name).run("grep -rhs \"proj.tasks.fail\\[.*failed: RuntimeError('on purpose')\" "
+                                "/var/log/celery/").stdout for name in WORKERS]
+    assert any(logged), "no worker logged the failure (task_failure handler)"

@@ -135,7 +135,7 @@ def test_beat_schedule_kinds_from_the_inventory(name):
     every-minute crontab entry has run."""
     entries = {e["name"]: e for e in inventory_vars(name).get("celery_app_beat_schedule", [])}
     got = run_client(host_of(name), (
-        "import json; from proj import celeryconfig as c; "
+        "import json; from celery_kit import config as c; "
         "print(json.dumps({k: type(v['schedule']).__name__ for k, v in c.beat_schedule.items()}))"))
     assert set(got) == set(entries)
     for key, entry in entries.items():
@@ -149,7 +149,7 @@ def test_beat_schedule_kinds_from_the_inventory(name):
     # The workers' config holds no schedule: a schedule change restarts beat only.
     for w in WORKERS:
         if w not in BEAT:
-            assert "beat_schedule" not in host_of(w).file("/opt/celery/app/proj/celeryconfig.py").content_string
+            assert "beat_schedule" not in host_of(w).file("/opt/celery/kit/celery_kit/config.py").content_string
 
 
 def test_log_rotation_loses_no_line():

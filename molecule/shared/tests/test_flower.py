@@ -50,7 +50,7 @@ def test_flower_refuses_requests_without_credentials():
 
 def test_workers_send_task_events_for_flower():
     for name in hosts_in("celery_workers"):
-        config = host_of(name).file("/opt/celery/app/proj/celeryconfig.py").content_string
+        config = host_of(name).file("/opt/celery/kit/celery_kit/config.py").content_string
         assert "worker_send_task_events = True" in config, name
 
 

@@ -25,8 +25,10 @@ def pids(host, names):
 
 
 def run_client(host, code, timeout=90):
-    cmd = "cd /opt/celery/app && timeout %d runuser -u celery -- /opt/celery/venv/bin/python -c %s" % (
-        timeout, shlex.quote(code))
+    """Python as the celery user with the app's environment loaded, as the init scripts run it."""
+    cmd = ("cd /opt/celery/current/app && timeout %d runuser -u celery -- /bin/sh -c "
+           "'set -a; . /etc/celery-kit/environment; set +a; exec /opt/celery/current/venv/bin/python -c \"$0\"' %s"
+           % (timeout, shlex.quote(code)))
     out = host.run(cmd)
     assert out.rc == 0, out.stdout + out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -8,7 +8,9 @@ plus optional args (list), kwargs (dict) and options (dict, e.g. queue, expires,
 `schedule: <seconds>` is accepted as another name for `every`.
 """
 
+import hashlib
 import json
+import os
 import re
 
 CRONTAB_FIELDS = {
@@ -162,10 +164,192 @@ def celery_app_schedule_uses(entries, kind):
     return any(kind in _normalise(e) for e in entries or [] if isinstance(e, dict))
 
 
+def _plain(value, where):
+    """The value as plain Python data (bool, None, int, float, str, list, dict), or ValueError
+    naming where in it a value is of another kind."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("%s is %r, which has no Python literal" % (where, value))
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, "%s[%d]" % (where, i)) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                raise ValueError("%s has a key of type %s" % (where, type(k).__name__))
+            out[_plain(k, where)] = _plain(v, "%s[%r]" % (where, k))
+        return out
+    raise ValueError("%s is of type %s; give a string, number, boolean, null, list or mapping"
+                     % (where, type(value).__name__))
+
+
+def celery_app_python(value):
+    """A Python literal for an inventory value (celery_app_extra_settings): True, False and None,
+    numbers, strings, lists and nested dicts, as Python reads them back with ast.literal_eval."""
+    return repr(_plain(value, "the value"))
+
+
+def celery_app_setting_problems(settings):
+    """Messages for extra settings whose values have no Python literal; empty when all have."""
+    if not isinstance(settings, dict):
+        return []
+    problems = []
+    for name, value in sorted(settings.items(), key=lambda item: str(item[0])):
+        try:
+            _plain(value, "celery_app_extra_settings.%s" % name)
+        except ValueError as exc:
+            problems.append("%s." % exc)
+    return problems
+
+
+# The environment file (celery_app_environment) is read by systemd (EnvironmentFile=) and by the
+# init.d scripts (sh, `set -a; . FILE`). Each value goes between double quotes with \\, ", $ and `
+# escaped by a backslash, which both read back as the value (checked on Debian 12 and 13's
+# systemd); in single quotes systemd still reads backslash escapes and sh does not.
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def celery_app_env_line(item):
+    """NAME="value" for one (name, value) pair of celery_app_environment."""
+    name, value = item
+    text = str(value)
+    for char in ("\\", '"', "$", "`"):
+        text = text.replace(char, "\\" + char)
+    return '%s="%s"' % (name, text)
+
+
+def celery_app_env_problems(environment, reserved=()):
+    """Messages for names that are not shell-safe or that the kit sets itself, and for values that
+    are not one line of printable text; empty when all are fine. Values are never quoted back."""
+    if not isinstance(environment, dict):
+        return ["celery_app_environment must be a mapping of variable names to values."]
+    problems = []
+    for name, value in sorted(environment.items(), key=lambda item: str(item[0])):
+        if not isinstance(name, str) or not ENV_NAME.match(name):
+            problems.append("celery_app_environment: the name %r is not a shell variable name (letters, digits "
+                            "and _, not starting with a digit)." % (name,))
+            continue
+        if name in reserved:
+            problems.append("celery_app_environment.%s: the kit sets %s itself; remove it." % (name, name))
+        if isinstance(value, (dict, list)) or value is None:
+            problems.append("celery_app_environment.%s must be a string or a number." % name)
+            continue
+        text = str(value)
+        if any(ord(c) < 32 or ord(c) == 127 for c in text):
+            problems.append("celery_app_environment.%s holds a newline or another control character: an "
+                            "environment file holds one line per variable." % name)
+        elif text != text.strip():
+            problems.append("celery_app_environment.%s starts or ends with whitespace: remove it (a pasted "
+                            "secret often ends with a newline)." % name)
+    return problems
+
+
+# --- the app's source and its release ------------------------------------------------------------
+
+SOURCE_KINDS = ("folder", "git", "dist", "requirement")
+# What a folder or checkout holds that is no part of the app.
+SKIPPED = {".git", "__pycache__", ".venv", ".tox", ".mypy_cache", ".pytest_cache", "node_modules"}
+
+
+def celery_app_source_kind(source):
+    """The source as a dict with `kind` (folder, git, dist or requirement) and its keys; a plain
+    string is a folder."""
+    if isinstance(source, str):
+        return {"kind": "folder", "folder": source}
+    if not isinstance(source, dict):
+        return {"kind": None}
+    kinds = [k for k in SOURCE_KINDS if k in source]
+    out = dict(source)
+    out["kind"] = kinds[0] if len(kinds) == 1 else None
+    return out
+
+
+def celery_app_source_problems(source):
+    """Messages for a source the kit cannot build from, checked on the controller; empty when
+    it can."""
+    src = celery_app_source_kind(source)
+    kind = src["kind"]
+    if kind is None:
+        return ["celery_app_source must be a folder on the controller, or a mapping with one of %s "
+                "(for example {git: https://git.example.com/app.git, version: v1.2.0}), not %r."
+                % (", ".join(SOURCE_KINDS), source)]
+    extra = sorted(set(src) - {"kind", kind, "version"})
+    if extra or ("version" in src and kind != "git"):
+        return ["celery_app_source has keys the kit does not know for a %s source: %s."
+                % (kind, ", ".join(extra or ["version"]))]
+    value = src[kind]
+    if not isinstance(value, str) or not value.strip():
+        return ["celery_app_source.%s must be a non-empty string." % kind]
+    if kind == "git":
+        version = src.get("version")
+        if version is None or not str(version).strip():
+            return ["celery_app_source.git (%s) has no version: set celery_app_source.version to the tag, branch "
+                    "or commit to deploy, so that every run deploys what you chose." % value]
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/@+-]*$", str(version)) or ".." in str(version):
+            return ["celery_app_source.version is %r: give a tag, branch or commit name." % version]
+    if kind == "folder" and not os.path.isdir(value):
+        return ["celery_app_source is %r, which is not a folder on the controller." % value]
+    if kind == "dist":
+        if not re.search(r"(\.whl|\.tar\.gz|\.zip)$", value):
+            return ["celery_app_source.dist is %r: give a wheel (.whl) or an sdist (.tar.gz) file." % value]
+        if not os.path.isfile(value):
+            return ["celery_app_source.dist is %r, which is not a file on the controller." % value]
+    if kind == "requirement" and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?"
+                                              r"\s*(==|===|~=|>=|<=|>|<|!=)\s*[A-Za-z0-9.*+!_-]+$", value):
+        return ["celery_app_source.requirement is %r: give one pinned requirement such as myapp==1.4.2." % value]
+    return []
+
+
+def _tree_digest(path):
+    digest = hashlib.sha1()
+    for top, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED)
+        for name in sorted(files):
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            full = os.path.join(top, name)
+            digest.update(os.path.relpath(full, path).encode() + b"\0")
+            digest.update(b"x" if os.access(full, os.X_OK) else b"-")
+            with open(full, "rb") as handle:
+                digest.update(hashlib.sha1(handle.read()).digest())
+    return digest.hexdigest()
+
+
+def celery_app_release_id(source, requirements, commit=""):
+    """A release's id: 12 hex digits of what goes into it, the source (a folder's files, a git
+    commit, a distribution file's bytes, a requirement) and the kit's requirements. The same
+    source and requirements make the same release, so an unchanged run builds nothing."""
+    src = celery_app_source_kind(source)
+    if src["kind"] == "folder":
+        what = _tree_digest(src["folder"])
+    elif src["kind"] == "git":
+        what = str(commit)
+    elif src["kind"] == "dist":
+        with open(src["dist"], "rb") as handle:
+            what = hashlib.sha1(handle.read()).hexdigest() + os.path.basename(src["dist"])
+    else:
+        what = str(src.get("requirement"))
+    return hashlib.sha1(json.dumps([src["kind"], what, list(requirements)]).encode()).hexdigest()[:12]
+
+
 class FilterModule:
     def filters(self):
         return {
             "celery_app_schedule_problems": celery_app_schedule_problems,
             "celery_app_schedule": celery_app_schedule,
             "celery_app_schedule_uses": celery_app_schedule_uses,
+            "celery_app_python": celery_app_python,
+            "celery_app_setting_problems": celery_app_setting_problems,
+            "celery_app_env_line": celery_app_env_line,
+            "celery_app_env_problems": celery_app_env_problems,
+            "celery_app_source_kind": celery_app_source_kind,
+            "celery_app_source_problems": celery_app_source_problems,
+            "celery_app_release_id": celery_app_release_id,
         }

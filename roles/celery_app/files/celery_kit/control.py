@@ -1,6 +1,7 @@
-"""celery control for playbooks/control.yml, run with the app's Python as the celery user:
+"""celery control for playbooks/control.yml, run with the app's Python as the celery user, with
+the kit's environment file loaded:
 
-    python - APP ACTION N QUEUE '["node@host", ...]' '[{"name": "worker1@%h", ...}, ...]'
+    python -m celery_kit.control APP ACTION N QUEUE '["node@host", ...]' '[{"name": "worker1@%h", ...}, ...]'
 
 The command goes to the chosen nodes (or, with none chosen, to this host's nodes) and needs a
 reply from each; prints the replies as JSON and exits 1 when a node did not reply or refused.

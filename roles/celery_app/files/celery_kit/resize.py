@@ -1,8 +1,8 @@
 """Give running worker nodes a new pool size without a restart, run with the app's Python as
-the celery user in the app directory (the kit pipes it in on stdin; nothing is written on the
-host):
+the celery user in the app directory, with the kit's environment file loaded (celery_worker's
+tasks/systemd.yml):
 
-    python - APP '[{"name": "worker1@%h", "concurrency": 4}, ...]'
+    python -m celery_kit.resize APP '[{"name": "worker1@%h", "concurrency": 4}, ...]'
 
 A concurrency of null (or empty) is the size a node started without --concurrency has: the app's
 worker_concurrency, or else one process per CPU (billiard's cpu_count, as the worker counts).

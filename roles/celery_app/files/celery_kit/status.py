@@ -1,5 +1,6 @@
-"""Ask every worker node, through the broker, what it is doing; print one JSON object.
-Read by `python - APP` on a worker host (playbooks/status.yml pipes it in)."""
+"""Ask every worker node, through the broker, what it is doing; print one JSON object. Run as
+`python -m celery_kit.status APP` on a worker host, with the kit's environment file loaded
+(playbooks/status.yml)."""
 
 import json
 import sys

@@ -1,15 +1,51 @@
-"""Sample tasks that exercise what a deployment must get right."""
+"""Sample tasks that exercise what a deployment must get right, and the task features of the
+notes the kit was asked from: a chord and a chain through the result backend, a rate limit,
+countdown and expires (sent by ./kit smoke), and a signal handler."""
 
+import logging
 import os
 import socket
 import time
 
+from celery.signals import task_failure
+
 from .celery import app
+
+logger = logging.getLogger(__name__)
+
+
+@task_failure.connect
+def log_failure(sender=None, task_id=None, exception=None, **kwargs):
+    """A signal handler: every failed task is logged with its name, id and exception."""
+    logger.error("task %s[%s] failed: %r", getattr(sender, "name", sender), task_id, exception)
 
 
 @app.task
 def add(x, y):
     return x + y
+
+
+@app.task
+def mul(x, y):
+    return x * y
+
+
+@app.task
+def xsum(numbers):
+    """A chord's callback: the sum of its header's results."""
+    return sum(numbers)
+
+
+@app.task(rate_limit="30/m")
+def limited(n):
+    """At most 30 a minute on each worker node (rate_limit)."""
+    return n
+
+
+@app.task
+def fail(message):
+    """Fails on purpose: the task_failure handler above logs it."""
+    raise RuntimeError(message)
 
 
 @app.task

@@ -1,7 +1,7 @@
 """Health check of worker nodes after a restart, run with the app's Python as the celery user
-in the app directory (the kit pipes it in on stdin; nothing is written on the host):
+in the app directory, with the kit's environment file loaded (tasks/health.yml of celery_worker):
 
-    python - APP '[{"name": "worker1@%h", "queues": ["celery"]}, ...]'
+    python -m celery_kit.health APP '[{"name": "worker1@%h", "queues": ["celery"]}, ...]'
 
 Exits 0 when every node answers `inspect ping` and consumes exactly its queues
 (`inspect active_queues`); otherwise prints what is missing and exits 1.
