@@ -1,6 +1,6 @@
 """The kit's benchmark: how long deploys take and how fast the deployed cluster runs tasks.
 
-    ./kit bench [--runs N] [--only a,b,c,d,e,f] [--sizes 1,2,4,8] [--tasks 5000] [--f-runs 7] [--publish]
+    ./kit bench [--runs N] [--only a,b,c,d,e,f,g] [--sizes 1,2,4,8] [--tasks 5000] [--f-runs 7] [--publish]
 
 Hosts are local containers like the sandbox's (same image and container settings, names
 celery-bench-*, network celery-bench): a broker, N worker hosts and a beat host, deployed
@@ -17,6 +17,9 @@ host). The four-host cluster (N = 2) is the one the floor script installs by han
       result is back, through the deployed nodes (the kit's settings) and through plain
       `celery worker` processes with only the broker and result backend set (Celery's
       defaults), on the same hosts; Redis, then RabbitMQ
+  (g) a new release: site.yml after a change of the app's code (a copy of the sample with one
+      more module), from the edit until every node of the four hosts serves it (the rolling
+      restart's health checks passed and every host's `current` names the new release)
 
 Each figure is the median of --runs runs (--f-runs for (f), whose runs are short), with min
 and max; (f) also gives the ratio run by run. A second table gives the CPU seconds of each
@@ -146,7 +149,8 @@ def playbook(*args):
 def client(host, code, timeout=600):
     """Python code run as the celery user with the deployed app importable; its last line."""
     proc = run(["docker", "exec", host, "bash", "-c",
-                "cd /opt/celery/app && timeout %d runuser -u celery -- /opt/celery/venv/bin/python -c %s"
+                "cd /opt/celery/current/app && timeout %d runuser -u celery -- /bin/sh -c "
+                "'set -a; . /etc/celery-kit/environment; set +a; exec /opt/celery/current/venv/bin/python -c \"$0\"' %s"
                 % (timeout, shlex_quote(code))], capture_output=True, check=False)
     if proc.returncode != 0:
         raise SystemExit("bench: client on %s failed:\n%s%s" % (host, proc.stdout[-2000:], proc.stderr[-2000:]))
@@ -264,10 +268,10 @@ print(n / (time.monotonic() - started))
 DEFAULTS_SETUP = r"""
 set -e
 rm -rf /opt/celery/bench && mkdir -p /opt/celery/bench
-cp -r /opt/celery/app/proj /opt/celery/bench/
-cd /opt/celery/app
-/opt/celery/venv/bin/python - <<'EOF'
-from proj import celeryconfig as c
+cp -r /opt/celery/current/app/proj /opt/celery/bench/
+cd /opt/celery/current/app
+PYTHONPATH=/opt/celery/kit /opt/celery/current/venv/bin/python - <<'EOF'
+from celery_kit import config as c
 with open("/opt/celery/bench/proj/celeryconfig.py", "w") as f:
     f.write("broker_url = %r\nresult_backend = %r\n" % (c.broker_url, c.result_backend))
 EOF
@@ -285,14 +289,16 @@ def throughput(n, tasks, mode):
         run(["docker", "exec", w, "bash", "-c", DEFAULTS_SETUP], capture_output=True)
         run(["docker", "exec", w, "bash", "-c", "systemctl stop 'celery-worker@*'"], capture_output=True)
         run(["docker", "exec", w, "bash", "-c",
-             "cd /opt/celery/bench && runuser -u celery -- /opt/celery/venv/bin/celery -A proj worker --detach "
+             "cd /opt/celery/bench && runuser -u celery -- env CELERY_CONFIG_MODULE=proj.celeryconfig "
+             "/opt/celery/current/venv/bin/celery -A proj worker --detach "
              "-n defaults@%h --logfile=/var/log/celery/defaults.log --pidfile=/var/lib/celery/defaults.pid"],
             capture_output=True)
     try:
         # The client uses the defaults config too (/opt/celery/bench first on the path).
         first = n["workers"][0]
         proc = run(["docker", "exec", first, "bash", "-c",
-                    "cd /opt/celery/bench && timeout 900 runuser -u celery -- /opt/celery/venv/bin/python -c %s"
+                    "cd /opt/celery/bench && timeout 900 runuser -u celery -- env CELERY_CONFIG_MODULE=proj.celeryconfig "
+                    "/opt/celery/current/venv/bin/python -c %s"
                     % shlex_quote(code)], capture_output=True, check=False)
         if proc.returncode != 0:
             raise SystemExit("bench: defaults client failed:\n%s" % proc.stderr[-2000:])
@@ -305,6 +311,27 @@ def throughput(n, tasks, mode):
                  "while kill -0 \"$p\" 2>/dev/null; do sleep 0.5; done; "
                  "systemctl start celery-worker@worker1.service"], capture_output=True)
         first_task(n["workers"][0])
+
+
+def new_release(n, i):
+    """(g): seconds from an edit of the app's code to every node serving the release it makes."""
+    app = os.path.join(OUT, "app-release")
+    shutil.rmtree(app, ignore_errors=True)
+    shutil.copytree(os.path.join(ROOT, "roles", "celery_app", "files", "sample"), app)
+    with open(os.path.join(app, "proj", "bench_release.py"), "w") as f:
+        f.write("RELEASE = %r\n" % "%s-%d" % (PASSWORD[:8], i))
+    hosts = n["workers"] + [n["beat"]]
+    before = {h: current_release(h) for h in hosts}
+    seconds = playbook("site.yml", "-e", json.dumps({"celery_app_source": app}))
+    after = {h: current_release(h) for h in hosts}
+    if len(set(after.values())) != 1 or set(after.values()) & set(before.values()):
+        raise SystemExit("bench: (g) the hosts run %s, before %s" % (after, before))
+    log("(g) new release %d: %.1f s" % (i + 1, seconds))
+    return seconds
+
+
+def current_release(host):
+    return run(["docker", "exec", host, "readlink", "/opt/celery/current"], capture_output=True).stdout.strip()
 
 
 def config_strategy():
@@ -321,7 +348,7 @@ def summary(values):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--only", default="a,b,c,d,e,f")
+    p.add_argument("--only", default="a,b,c,d,e,f,g")
     p.add_argument("--sizes", default="1,2,4,8")
     p.add_argument("--tasks", type=int, default=5000)
     p.add_argument("--f-runs", type=int, default=7,
@@ -350,7 +377,7 @@ def main():
                 floor_sizes.add(big)
         # Fresh deploys; the four-host size comes last, so that its cluster stays up for (c), (d), (f).
         sizes = [int(s) for s in args.sizes.split(",")] if "e" in only else []
-        sizes = [s for s in sizes if s != 2] + ([2] if only & {"a", "c", "d", "e", "f"} else [])
+        sizes = [s for s in sizes if s != 2] + ([2] if only & {"a", "c", "d", "e", "f", "g"} else [])
         deployed = set(sizes)
         sizes = sorted(floor_sizes - deployed) + sizes
         deploys, floors, n2 = {}, {}, None
@@ -399,6 +426,8 @@ def main():
             write_inventory(2)
             playbook("site.yml")
             res["d"] = summary(values)
+        if "g" in only:
+            res["g"] = summary([new_release(n2, i) for i in range(args.runs)])
         if "f" in only:
             for broker in ("redis", "rabbitmq"):
                 if broker == "rabbitmq":
@@ -475,6 +504,8 @@ def report(res):
         lines.append(row("(c) unchanged re-run, 4 hosts", res["c"], target="< 8 s"))
     if "d" in res:
         lines.append(row("(d) re-run after one host's concurrency edit", res["d"], target="< 10 s"))
+    if "g" in res:
+        lines.append(row("(g) new release of the app's code to every node serving it, 4 hosts", res["g"]))
     if "e" in res:
         for k in sorted(res["e"], key=int):
             lines.append(row("(e) fresh deploy, %s worker host(s) + broker + beat" % k, res["e"][k]))
