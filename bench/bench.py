@@ -116,7 +116,9 @@ def write_inventory(workers, broker="redis", concurrency=None):
     os.makedirs(os.path.join(INVENTORY, "host_vars"))
     with open(os.path.join(ROOT, "inventories", "sandbox", "group_vars", "all", "main.yml")) as f:
         group_vars = yaml.safe_load(f)
-    group_vars.update(celery_broker=broker, redis_broker_password=PASSWORD, rabbitmq_broker_password=PASSWORD)
+    # The controller's built releases are the bench's own: a fresh deploy builds its release.
+    group_vars.update(celery_broker=broker, redis_broker_password=PASSWORD, rabbitmq_broker_password=PASSWORD,
+                      celery_app_build_dir=os.path.join(OUT, "releases"))
     with open(os.path.join(INVENTORY, "group_vars", "all", "main.yml"), "w") as f:
         yaml.safe_dump(group_vars, f)
     for host, value in (concurrency or {}).items():
@@ -224,6 +226,7 @@ def fresh_deploy(workers, broker="redis", cpu=None):
     n = write_inventory(workers, broker)
     create([n["broker"]] + n["workers"] + [n["beat"]])
     shutil.rmtree(os.path.join(OUT, "facts"), ignore_errors=True)
+    shutil.rmtree(os.path.join(OUT, "releases"), ignore_errors=True)
     started = time.monotonic()
     with CPU() as used:
         playbook("site.yml")

@@ -263,7 +263,7 @@ def test_filters_are_exported(app):
     assert set(app.FilterModule().filters()) == {
         "celery_app_schedule_problems", "celery_app_schedule", "celery_app_schedule_uses",
         "celery_app_python", "celery_app_setting_problems", "celery_app_env_line", "celery_app_env_problems",
-        "celery_app_source_kind", "celery_app_source_problems", "celery_app_release_id"}
+        "celery_app_source_kind", "celery_app_source_problems", "celery_app_release_id", "celery_app_platform"}
 
 
 # --- celery_app_python, celery_app_setting_problems (celery_app_extra_settings) ----------------
@@ -381,3 +381,13 @@ def test_a_git_release_id_follows_the_commit(app):
 def test_two_entries_without_a_name_are_not_a_duplicate_name(app):
     problems = app.celery_app_schedule_problems(["a", "b"])
     assert not any("appears twice" in p for p in problems)
+
+
+def test_a_release_id_follows_the_platform(app):
+    """Wheels built on Debian 13's Python 3.13 lack what 3.11.2 needs (async-timeout, by a
+    python_full_version marker of redis): one release per platform."""
+    d12 = app.celery_app_platform({"python": {"version": {"major": 3, "minor": 11, "micro": 2}}, "architecture": "x86_64"})
+    d13 = app.celery_app_platform({"python": {"version": {"major": 3, "minor": 13, "micro": 5}}, "architecture": "x86_64"})
+    assert d12 == "python 3.11.2 x86_64"
+    source = {"requirement": "myapp==1.0"}
+    assert app.celery_app_release_id(source, [], "", d12) != app.celery_app_release_id(source, [], "", d13)

@@ -322,10 +322,19 @@ def _tree_digest(path):
     return digest.hexdigest()
 
 
-def celery_app_release_id(source, requirements, commit=""):
+def celery_app_platform(facts):
+    """What a release's wheels are built for, from a host's facts: its Python's full version
+    (requirements may have markers on it) and its machine type."""
+    version = (facts or {}).get("python", {}).get("version", {})
+    return "python %s.%s.%s %s" % (version.get("major"), version.get("minor"), version.get("micro"),
+                                   (facts or {}).get("architecture"))
+
+
+def celery_app_release_id(source, requirements, commit="", platform=""):
     """A release's id: 12 hex digits of what goes into it, the source (a folder's files, a git
-    commit, a distribution file's bytes, a requirement) and the kit's requirements. The same
-    source and requirements make the same release, so an unchanged run builds nothing."""
+    commit, a distribution file's bytes, a requirement), the kit's requirements and the platform
+    its wheels are built for. The same source, requirements and platform make the same release,
+    so an unchanged run builds nothing."""
     src = celery_app_source_kind(source)
     if src["kind"] == "folder":
         what = _tree_digest(src["folder"])
@@ -336,7 +345,7 @@ def celery_app_release_id(source, requirements, commit=""):
             what = hashlib.sha1(handle.read()).hexdigest() + os.path.basename(src["dist"])
     else:
         what = str(src.get("requirement"))
-    return hashlib.sha1(json.dumps([src["kind"], what, list(requirements)]).encode()).hexdigest()[:12]
+    return hashlib.sha1(json.dumps([src["kind"], what, list(requirements), platform]).encode()).hexdigest()[:12]
 
 
 class FilterModule:
@@ -352,4 +361,5 @@ class FilterModule:
             "celery_app_source_kind": celery_app_source_kind,
             "celery_app_source_problems": celery_app_source_problems,
             "celery_app_release_id": celery_app_release_id,
+            "celery_app_platform": celery_app_platform,
         }
