@@ -441,8 +441,8 @@ def test_bad_forms_of_celery_app(tmp_path, module):
     ({"MY-KEY": "x"}, "celery_app_environment: the name 'MY-KEY' is not a shell variable name"),
     ({"1KEY": "x"}, "the name '1KEY' is not a shell variable name"),
     ({"KEY;id": "x"}, "is not a shell variable name"),
-    ({"API_KEY": "s3cret\n"}, "celery_app_environment.API_KEY holds a newline"),
-    ({"API_KEY": "line1\nline2"}, "celery_app_environment.API_KEY holds a newline"),
+    ({"API_KEY": "s3cret\n"}, "celery_app_environment holds a newline or another control character (at celery_app_environment['API_KEY'])"),
+    ({"API_KEY": "line1\nline2"}, "celery_app_environment holds a newline or another control character (at celery_app_environment['API_KEY'])"),
     ({"API_KEY": " s3cret"}, "celery_app_environment.API_KEY starts or ends with whitespace"),
     ({"PYTHONPATH": "/srv"}, "celery_app_environment.PYTHONPATH: the kit sets PYTHONPATH itself"),
     ({"API_KEY": {"nested": 1}}, "celery_app_environment.API_KEY must be a string or a number"),
@@ -454,3 +454,37 @@ def test_bad_app_environment(tmp_path, environment, words):
     assert_stopped_in_preflight(rc, out, words)
     assert "s3cret" not in out.replace("s3cret\\n", "")
 
+
+
+# --- Every value checked for its form (kit_checks forms and one line each) ---------------------
+
+@pytest.mark.parametrize("all_vars, words", [
+    ({"celery_group": "shadow"}, "celery_group is 'shadow': give a group of its own"),
+    ({"celery_group": "docker"}, "celery_group is 'docker': give a group of its own"),
+    ({"celery_user": "root"}, "celery_user is 'root': give a name of its own for the service account"),
+    ({"celery_user": "www-data"}, "celery_user is 'www-data': give a name of its own"),
+    ({"celery_user": "postgres"}, "celery_user is 'postgres': give a name of its own"),
+    ({"celery_app_timezone": "Europe/Pariss"}, "celery_app_timezone is 'Europe/Pariss': give an IANA time zone name"),
+    ({"celery_log_dir": "/var/log/celery\nExecStartPre=/bin/touch /tmp/pwned"},
+     "celery_log_dir holds a newline or another control character"),
+    ({"celery_install_dir": "/opt/celery\n"}, "celery_install_dir holds a newline"),
+    ({"celery_state_dir": "/var/lib/../celery"}, "celery_state_dir is '/var/lib/../celery': give an absolute path"),
+    ({"celery_broker_host": "broker host"}, "celery_broker_host is 'broker host': give an IPv4 or IPv6 address"),
+    ({"celery_broker_port": 70000}, "celery_broker_port is 70000: give a TCP port from 1 to 65535"),
+    ({"vault_redis_broker_password": "not-a-real-password-123\n"}, "redis_broker_password holds a newline"),
+    ({"vault_redis_broker_password": "change-me-to-a-long-random-string"},
+     "redis_broker_password is not of its form: give a secret"),
+    ({"celery_worker_queues": ["celery", "hipri\n"]}, "celery_worker_queues holds a newline"),
+], ids=["group-shadow", "group-docker", "user-root", "user-www-data", "user-postgres", "timezone", "path-newline-unit",
+        "path-trailing-newline", "path-dotdot", "address-space", "port-range", "secret-trailing-newline",
+        "secret-placeholder", "queue-newline"])
+def test_values_not_of_their_form(tmp_path, all_vars, words):
+    rc, out = run_site(tmp_path, all_vars=all_vars)
+    assert_stopped_in_preflight(rc, out, words)
+    assert "not-a-real-password-123" not in out and "change-me-to-a" not in out
+
+
+@pytest.mark.parametrize("port", [80, 1023])
+def test_flower_cannot_bind_a_privileged_port(tmp_path, port):
+    rc, out = run_site(tmp_path, host_vars={FLOWER_HOST: {"celery_flower_port": port}}, groups=FLOWER_GROUPS)
+    assert_stopped_in_preflight(rc, out, "celery_flower_port is %d: give a TCP port from 1024 to 65535" % port)

@@ -107,8 +107,8 @@ def test_setting_name_cannot_carry_python(tmp_path):
 @pytest.mark.parametrize("environment, words", [
     ({"BAD NAME": "x"}, "'BAD NAME' is not a shell variable name"),
     ({"X;touch /tmp/pwned": "x"}, "is not a shell variable name"),
-    ({"SECRET": "line one\nExecStartPre=/bin/touch /tmp/pwned"}, "celery_app_environment.SECRET holds a newline"),
-    ({"SECRET": "pasted\n"}, "celery_app_environment.SECRET holds a newline"),
+    ({"SECRET": "line one\nExecStartPre=/bin/touch /tmp/pwned"}, "celery_app_environment holds a newline or another control character (at celery_app_environment['SECRET'])"),
+    ({"SECRET": "pasted\n"}, "celery_app_environment holds a newline or another control character (at celery_app_environment['SECRET'])"),
     ({"SECRET": " padded"}, "celery_app_environment.SECRET starts or ends with whitespace"),
     ({"PYTHONPATH": "/tmp"}, "celery_app_environment.PYTHONPATH: the kit sets PYTHONPATH itself"),
 ], ids=["space", "shell", "newline", "trailing-newline", "whitespace", "reserved"])

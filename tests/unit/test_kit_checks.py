@@ -238,3 +238,103 @@ def test_bad_task_args(args):
 def test_a_bad_check_raises_naming_its_index(bad):
     with pytest.raises(AnsibleActionFail, match="kit_checks: check 1 must be a mapping of that, msg"):
         run({"checks": [check("true"), bad]})
+
+
+# --- Forms --------------------------------------------------------------------------------------
+
+def forms(variables, **names):
+    return run({"forms": names, "checks": [check("true")]}, variables)
+
+
+@pytest.mark.parametrize("form, value", [
+    ("path", "/opt/celery"), ("path", "/var/lib/celery-kit_2/x.y"),
+    ("address", "10.0.0.5"), ("address", "fe80::1"), ("address", "broker-1.example.com"), ("address", "redis"),
+    ("port", 1), ("port", "6379"), ("port", 65535), ("service_port", 1024), ("service_port", "5555"),
+    ("timezone", "UTC"), ("timezone", "Europe/Paris"), ("timezone", "America/Argentina/Buenos_Aires"),
+    ("secret", "s3cret 'with' $pace and ;"), ("secret", 123456789),
+    ("account", "celery"), ("account", "app_worker-2"), ("group", "celery"),
+    ("module", "proj"), ("module", "proj.celery:app"),
+])
+def test_values_of_their_form_pass(form, value):
+    assert forms({"v": value}, v=form) == {"changed": False, "msg": "All 1 checks passed"}
+
+
+@pytest.mark.parametrize("form, value, says", [
+    ("path", "/opt/celery\n", "an absolute path"),
+    ("path", "/opt/celery\nExecStartPre=/bin/sh", "an absolute path"),
+    ("path", "opt/celery", "an absolute path"),
+    ("path", "/opt/../etc", "an absolute path"),
+    ("path", "/opt/cel ery", "an absolute path"),
+    ("address", "10.0.0.5\n", "an IPv4 or IPv6 address"),
+    ("address", "host name", "an IPv4 or IPv6 address"),
+    ("address", "-rf", "an IPv4 or IPv6 address"),
+    ("port", 0, "from 1 to 65535"), ("port", 65536, "from 1 to 65535"), ("port", "80\n", "from 1 to 65535"),
+    ("port", "６３７９", "from 1 to 65535"),
+    ("service_port", 80, "from 1024 to 65535"), ("service_port", 1023, "cannot bind below 1024"),
+    ("timezone", "Mars/Olympus", "an IANA time zone name"), ("timezone", "UTC\n", "an IANA time zone name"),
+    ("timezone", "../../etc/passwd", "an IANA time zone name"),
+    ("account", "root", "not an account the system has already"),
+    ("account", "www-data", "not an account the system has already"),
+    ("account", "postgres", "not an account the system has already"),
+    ("account", "Celery", "lower-case letters"), ("account", "celery\n", "lower-case letters"),
+    ("group", "shadow", "not a system or privileged group"), ("group", "docker", "privileged group"),
+    ("group", "sudo", "privileged group"), ("group", "root", "privileged group"),
+    ("module", "proj celery", "a module"),
+])
+def test_values_not_of_their_form_are_named(form, value, says):
+    result = forms({"the_var": value}, the_var=form)
+    assert result["failed"] is True and result["check"] == "forms"
+    assert result["msg"].startswith("the_var is %r: give " % (value,)) and says in result["msg"]
+
+
+@pytest.mark.parametrize("value", ["s3cret\n", " s3cret", "s3cret ", "s3c\tret", "change-me-to-a-long-random-string",
+                                   "CHANGEME", "password", "guest", None, True, ["s3cret"]])
+def test_bad_secrets_are_refused_and_never_shown(value):
+    result = forms({"redis_broker_password": value}, redis_broker_password="secret")
+    assert result["msg"].startswith("redis_broker_password is not of its form: give a secret with no leading")
+    assert "s3c" not in result["msg"]
+
+
+def test_every_variable_not_of_its_form_is_named_in_order():
+    result = forms({"a": "/ok", "b": "relative", "c": 0}, a="path", b="path", c="port")
+    assert result["msg"] == ("b is 'relative': give an absolute path of letters, digits and _ . / -. "
+                             "c is 0: give a TCP port from 1 to 65535.")
+
+
+def test_forms_come_before_the_checks():
+    result = run({"forms": {"p": "port"}, "checks": [check("false", "the check")]}, {"p": 0})
+    assert result["check"] == "forms"
+
+
+def test_a_variable_that_needs_facts_is_left_to_its_task():
+    variables = {"addr": trust_as_template("{{ ansible_facts['default_ipv4']['address'] }}"), "port": 5555}
+    assert forms(variables, addr="address", port="service_port")["msg"] == "All 1 checks passed"
+
+
+def test_an_unknown_form_is_a_task_error():
+    with pytest.raises(AnsibleActionFail, match="kit_checks: forms maps variable names to one of"):
+        forms({"v": 1}, v="colour")
+
+
+# --- One line each (validate) ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, value, at", [
+    ("celery_worker_queues", ["celery", "hipri\nExecStartPre=/bin/touch /tmp/pwned"], "celery_worker_queues[1]"),
+    ("celery_worker_nodes", [{"name": "w1", "queues": ["a\r"]}], "celery_worker_nodes[0]['queues'][0]"),
+    ("celery_worker_extra_opts", "--without-gossip\n", "celery_worker_extra_opts"),
+    ("celery_worker_node_opts", {"w1\n": "--x"}, "celery_worker_node_opts key 'w1\\n'"),
+])
+def test_a_newline_anywhere_in_a_roles_variable_is_refused(name, value, at):
+    result = run({"validate": "preflight", "checks": [check("true")]}, dict(WORKER_VARS, **{name: value}), WORKER_ROLE)
+    assert result["failed"] is True
+    assert result["msg"].startswith("Validation of arguments failed:\n%s holds a newline or another control character"
+                                    % name)
+    assert ("(at %s)" % at in result["msg"]) or at == name
+    assert "pwned" not in result["msg"]
+
+
+def test_a_variable_may_be_let_hold_lines():
+    variables = dict(WORKER_VARS, celery_worker_extra_opts="--a\n--b")
+    result = run({"validate": "preflight", "multi_line": ["celery_worker_extra_opts"], "checks": [check("true")]},
+                 variables, WORKER_ROLE)
+    assert result == {"changed": False, "msg": "All 1 checks passed"}

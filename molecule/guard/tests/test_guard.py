@@ -142,8 +142,12 @@ SECRET_FILES = [
 
 
 def written_forms(value):
-    """How a secret may stand in a file: as it is, URL-quoted, or double-quoted for systemd."""
-    return {value, urllib.parse.quote(value, safe=""), value.replace("$", "\\$").replace("`", "\\`")}
+    """How a secret may stand in a file: as it is, URL-quoted, double-quoted for systemd, or in the
+    app's environment file (backslash, quote, $ and backtick escaped)."""
+    env = value
+    for char in ("\\", '"', "$", "`"):
+        env = env.replace(char, "\\" + char)
+    return {value, urllib.parse.quote(value, safe=""), value.replace("$", "\\$").replace("`", "\\`"), env}
 
 
 @pytest.mark.parametrize("name,path,owner,group", SECRET_FILES)
@@ -232,11 +236,22 @@ def recap_changed(out):
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", out, re.M)}
 
 
+def changed_tasks(out):
+    """Each task that reported a change, with the hosts it changed: what to look at first."""
+    found, task = [], None
+    for line in out.splitlines():
+        if line.startswith("TASK ["):
+            task = line.rstrip(" *")
+        elif line.startswith("changed: [") and task:
+            found.append("%s: %s" % (task, line))
+    return found
+
+
 def test_check_mode_on_the_converged_cluster_reports_no_change():
     rc, out = playbook("--check", "--diff", os.path.join(ROOT, "site.yml"))
     assert rc == 0, out[-6000:]
     changed = recap_changed(out)
-    assert set(changed) == set(ALL) and not any(changed.values()), (changed, out[-6000:])
+    assert set(changed) == set(ALL) and not any(changed.values()), (changed, changed_tasks(out), out[-3000:])
 
 
 def test_check_mode_after_an_edit_shows_the_diff_and_changes_nothing(tmp_path):
@@ -247,6 +262,6 @@ def test_check_mode_after_an_edit_shows_the_diff_and_changes_nothing(tmp_path):
     assert rc == 0, out[-6000:]
     assert re.search(r"^\+CELERYD_OPTS=.*--concurrency=3", out, re.M), out[-6000:]
     changed = recap_changed(out)
-    assert changed[NODE2] > 0 and changed[NODE1] == 0, changed
+    assert changed[NODE2] > 0 and changed[NODE1] == 0, (changed, changed_tasks(out))
     assert changed_files(before, fingerprints()) == []
     assert main_pids() == pids
