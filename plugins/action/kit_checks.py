@@ -63,7 +63,7 @@ PRIVILEGED_GROUPS = {
 # The example inventories' placeholders, and passwords any scanner tries first.
 PLACEHOLDERS = re.compile(r"change[-_ ]?me|^(password|secret|changeit|guest|admin|celery|123456+|x+)$", re.I)
 HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
-NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")
+NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
 
 
 def _port(value: t.Any, low: int) -> bool:
@@ -105,12 +105,12 @@ FORMS = {
     "secret": (_secret, "a secret with no leading or trailing whitespace and no control character, and not a "
                         "placeholder such as change-me: point it at a vault_ variable with a long random value"),
     "account": (lambda v: isinstance(v, str) and NAME.match(v) is not None and v not in SYSTEM_ACCOUNTS,
-                "a name of its own for the service account (lower-case letters, digits, _ and -), not an account "
-                "the system has already (root, daemon, www-data, postgres, ...)"),
+                "a name of its own for the service account (lower-case letters, digits, _ and -, a letter first), "
+                "not an account the system has already (root, daemon, www-data, postgres, ...)"),
     "group": (lambda v: isinstance(v, str) and NAME.match(v) is not None and v not in PRIVILEGED_GROUPS
               and v not in SYSTEM_ACCOUNTS,
-              "a group of its own for the service account (lower-case letters, digits, _ and -), not a system or "
-              "privileged group (root, shadow, disk, sudo, adm, docker, ...)"),
+              "a group of its own for the service account (lower-case letters, digits, _ and -, a letter first), "
+              "not a system or privileged group (root, shadow, disk, sudo, adm, docker, ...)"),
     "module": (lambda v: isinstance(v, str) and re.match(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
                                                          r"(:[A-Za-z_][A-Za-z0-9_]*)?\Z", v) is not None,
                "a module, a module path or module:attribute, such as proj, proj.celery or proj.celery:app"),

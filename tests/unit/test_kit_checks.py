@@ -277,6 +277,7 @@ def test_values_of_their_form_pass(form, value):
     ("account", "www-data", "not an account the system has already"),
     ("account", "postgres", "not an account the system has already"),
     ("account", "Celery", "lower-case letters"), ("account", "celery\n", "lower-case letters"),
+    ("account", "_apt", "a letter first"),
     ("group", "shadow", "not a system or privileged group"), ("group", "docker", "privileged group"),
     ("group", "sudo", "privileged group"), ("group", "root", "privileged group"),
     ("module", "proj celery", "a module"),
