@@ -11,7 +11,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import host_of, hosts_in, inventory_vars
+from conftest import IMPORT_APP, host_of, hosts_in, inventory_vars, run_client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 ALL = hosts_in("all")
@@ -245,6 +245,42 @@ def changed_tasks(out):
         elif line.startswith("changed: [") and task:
             found.append("%s: %s" % (task, line))
     return found
+
+
+def test_an_account_the_kit_did_not_make_is_refused_before_the_host_changes():
+    """An account the host has already, here a service's made by useradd, passes the name checks
+    of preflight; the packages play refuses it before any file changes."""
+    node = host_of(NODE1)
+    assert node.run("useradd --system --home-dir /srv/other --shell /bin/sh appsvc").rc == 0
+    try:
+        before = fingerprints()
+        rc, out = playbook(os.path.join(ROOT, "site.yml"), "-e", "celery_user=appsvc", "-e", "celery_group=appsvc")
+        assert rc != 0
+        assert "already has the account appsvc (home /srv/other, shell /bin/sh), which the kit did not make" \
+            in " ".join(out.split()), out[-3000:]
+        assert changed_files(before, fingerprints()) == []
+    finally:
+        node.run("userdel appsvc")
+
+
+def test_a_redis_config_that_does_not_start_leaves_the_old_one_running(tmp_path):
+    """An address the Redis host does not have passes every check on the controller and the
+    throwaway Redis that tests a new redis.conf (it listens on a socket only); the restart fails,
+    the previous redis.conf is put back and runs, and results still reach it."""
+    redis = host_of(RESULTS)
+    before = fingerprints()
+    play = tmp_path / "redis.yml"
+    play.write_text("- hosts: result_backends\n  roles: [redis_broker]\n")
+    rc, out = playbook(str(play), "-e", "redis_broker_bind_address=10.231.231.99")
+    assert rc != 0
+    said = " ".join(out.split())
+    assert "did not come back on the new redis.conf" in said, out[-3000:]
+    assert "the previous redis.conf is back and Redis runs it" in said, out[-3000:]
+    assert changed_files(before, fingerprints()) == []
+    assert redis.service("redis-server").is_running
+    code = ("import json; %s; print(json.dumps(app.send_task('proj.tasks.add', args=(2, 3)).get(timeout=60)))"
+            % IMPORT_APP)
+    assert run_client(host_of(NODE1), code) == 5
 
 
 def test_check_mode_on_the_converged_cluster_reports_no_change():
