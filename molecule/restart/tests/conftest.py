@@ -1,17 +1,9 @@
-"""The shared verify helpers (molecule/shared/tests/conftest.py), loaded under another module
-name: this scenario's tests import them from here, and a failure still attaches the journals."""
+"""The shared verify helpers (molecule/shared/tests/kit_verify.py), re-exported whole: this
+scenario's tests import them from `conftest`, and a failure still attaches the journals."""
 
-import importlib.util
 import os
+import sys
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tests", "conftest.py")
-_SPEC = importlib.util.spec_from_file_location("kit_shared_conftest", _PATH)
-_SHARED = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_SHARED)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "shared", "tests"))
 
-broadcast = _SHARED.broadcast
-host_of = _SHARED.host_of
-hosts_in = _SHARED.hosts_in
-playbook = _SHARED.playbook
-run_client = _SHARED.run_client
-pytest_runtest_makereport = _SHARED.pytest_runtest_makereport
+from kit_verify import *  # noqa: E402,F401,F403
