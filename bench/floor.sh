@@ -50,7 +50,7 @@ install_celery() {
   on "$name" <<EOF
 update-ca-certificates
 apt-get update
-DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv python3-packaging logrotate
+DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv logrotate
 python3 -m venv /opt/celery/venv
 /opt/celery/venv/bin/pip install --disable-pip-version-check ${pins[*]@Q}
 getent group celery >/dev/null || groupadd --system celery
