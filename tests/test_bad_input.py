@@ -399,6 +399,17 @@ def test_templated_values_pass_preflight(tmp_path):
     assert PAST_PREFLIGHT in out, out
 
 
+# Values Redis itself would refuse as it starts: the controller names them first.
+@pytest.mark.parametrize("values, words", [
+    ({"redis_broker_maxmemory": "2 gigs"}, ["redis_broker_maxmemory is '2 gigs'", "512mb"]),
+    ({"redis_broker_save": ["900"]}, ["redis_broker_save is ['900']", '"seconds changes"']),
+    ({"redis_broker_save": ["900 1", "0 1"]}, ["redis_broker_save is ['900 1', '0 1']", "seconds from 1"]),
+], ids=lambda v: json.dumps(v)[:60] if isinstance(v, dict) else None)
+def test_bad_redis_values(tmp_path, values, words):
+    rc, out = run_site(tmp_path, host_vars={BROKER: values})
+    assert_stopped_in_preflight(rc, out, *words)
+
+
 # --- the app's source, its environment and its settings (celery_app) -------------------------
 
 # Each kind of source once: every other case of the filter is tested in-process

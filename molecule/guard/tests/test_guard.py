@@ -10,6 +10,7 @@ import sys
 import urllib.parse
 
 import pytest
+import yaml
 
 from conftest import IMPORT_APP, host_of, hosts_in, inventory_vars, run_client
 
@@ -263,6 +264,26 @@ def test_an_account_the_kit_did_not_make_is_refused_before_the_host_changes():
         node.run("userdel appsvc")
 
 
+def test_the_redis_config_test_refuses_what_redis_refuses():
+    """The command that tests a new redis.conf before it is written (redis_broker's
+    __redis_broker_config_test) passes the host's own file and fails one with a directive Redis
+    does not know, with Redis's words, while the running Redis goes on."""
+    redis = host_of(RESULTS)
+    with open(os.path.join(ROOT, "roles/redis_broker/vars/main.yml"), encoding="utf-8") as f:
+        command = yaml.safe_load(f)["__redis_broker_config_test"]
+    pid = redis.run("systemctl show -p MainPID --value redis-server").stdout
+    redis.run("cp -p /etc/redis/redis.conf /tmp/good.conf && cp -p /tmp/good.conf /tmp/bad.conf"
+              " && echo 'maxmemory-policy sometimes' >> /tmp/bad.conf")
+    try:
+        good = redis.run(command.replace("%s", "/tmp/good.conf"))
+        bad = redis.run(command.replace("%s", "/tmp/bad.conf"))
+    finally:
+        redis.run("rm -f /tmp/good.conf /tmp/bad.conf")
+    assert good.rc == 0, good.stderr
+    assert bad.rc == 1 and "maxmemory-policy sometimes" in bad.stderr, (bad.rc, bad.stderr)
+    assert redis.run("systemctl show -p MainPID --value redis-server").stdout == pid
+
+
 def test_a_redis_config_that_does_not_start_leaves_the_old_one_running(tmp_path):
     """An address the Redis host does not have passes every check on the controller and the
     throwaway Redis that tests a new redis.conf (it listens on a socket only); the restart fails,
@@ -281,6 +302,22 @@ def test_a_redis_config_that_does_not_start_leaves_the_old_one_running(tmp_path)
     code = ("import json; %s; print(json.dumps(app.send_task('proj.tasks.add', args=(2, 3)).get(timeout=60)))"
             % IMPORT_APP)
     assert run_client(host_of(NODE1), code) == 5
+
+
+def test_a_crash_looping_beat_fails_the_run():
+    """A scheduler class that does not exist passes the controller (it is a class path); beat
+    starts, fails and is restarted by systemd, and the run fails with beat's journal instead of
+    ending "ok". The next run with the inventory's own settings brings beat back."""
+    site = os.path.join(ROOT, "site.yml")
+    try:
+        rc, out = playbook(site, "--tags", "beat", "-e", "celery_beat_scheduler=proj.tasks.NoSuchScheduler")
+        assert rc != 0
+        said = " ".join(out.split())
+        assert re.search(r"celerybeat\.service on \S+ did not stay up after this run started it", said), out[-3000:]
+        assert "Its journal:" in said, out[-3000:]
+    finally:
+        rc, out = playbook(site, "--tags", "beat")
+        assert rc == 0, out[-3000:]
 
 
 def test_check_mode_on_the_converged_cluster_reports_no_change():
