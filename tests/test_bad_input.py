@@ -239,8 +239,22 @@ def test_flower_on_the_broker_port_of_its_host(tmp_path):
     groups = dict(FLOWER_GROUPS, flower=["bad-input-broker"])
     rc, out = run_site(tmp_path, all_vars=FLOWER, groups=groups,
                        host_vars={"bad-input-broker": {"celery_flower_port": 6379}})
-    assert_stopped_in_preflight(rc, out, "celery_flower_port on bad-input-broker is 6379",
-                                "another tier")
+    assert_stopped_in_preflight(rc, out, "On bad-input-broker, redis_broker_port and celery_flower_port are all "
+                                "port 6379", "Give one of them another port")
+
+
+@pytest.mark.parametrize("broker, groups, host_vars, words", [
+    ("redis", {"databases": ["bad-input-broker"]}, {"redis_broker_port": 5432},
+     "redis_broker_port and PostgreSQL (5432) are all port 5432"),
+    ("rabbitmq", {}, {"rabbitmq_broker_management": True, "rabbitmq_broker_management_port": 5672},
+     "rabbitmq_broker_port and rabbitmq_broker_management_port are all port 5672"),
+    ("rabbitmq", {}, {"rabbitmq_broker_port": 4369}, "rabbitmq_broker_port and RabbitMQ's epmd"),
+], ids=["postgresql", "management", "epmd"])
+def test_two_tiers_on_one_port_of_a_host(tmp_path, broker, groups, host_vars, words):
+    all_vars = dict(FLOWER, celery_broker=broker, rabbitmq_broker_password="secret-rabbit-1")
+    rc, out = run_site(tmp_path, all_vars=all_vars, groups=dict(FLOWER_GROUPS, **groups),
+                       host_vars={"bad-input-broker": host_vars})
+    assert_stopped_in_preflight(rc, out, words)
 
 
 # The daemonization surface (issue 4): every bad value names its variable.
