@@ -74,6 +74,22 @@ def test_rabbitmq_listens_on_the_workers_address_only(name):
 
 
 @pytest.mark.parametrize("name", BROKERS)
+def test_erlang_distribution_listens_on_loopback_and_the_node_address_only(name):
+    """epmd (4369) and the node's distribution port (25672) listen on loopback and the address
+    the node's name resolves to, not on every interface; the CLI still reaches the node; the
+    Erlang cookie is RabbitMQ's alone."""
+    host = host_of(name)
+    node_address = host.check_output("getent ahostsv4 \"$(hostname)\" | awk 'NR == 1 {print $1}'")
+    for port, allowed in (("4369", {"127.0.0.1", node_address}), ("25672", {node_address})):
+        listening = {line.split()[3].rsplit(":", 1)[0]
+                     for line in host.check_output("ss -Hltn 'sport = :%s'" % port).splitlines()}
+        assert listening and listening <= allowed, (port, listening, allowed)
+    assert host.run("rabbitmqctl -q status").rc == 0
+    cookie = host.file("/var/lib/rabbitmq/.erlang.cookie")
+    assert (cookie.user, cookie.group, cookie.mode) == ("rabbitmq", "rabbitmq", 0o400)
+
+
+@pytest.mark.parametrize("name", BROKERS)
 def test_rabbitmq_config(name):
     f = host_of(name).file("/etc/rabbitmq/rabbitmq.conf")
     assert (f.user, f.group, f.mode) == ("root", "rabbitmq", 0o640)
@@ -122,3 +138,32 @@ def test_no_worker_still_uses_redis():
     for name in WORKERS + hosts_in("celery_beat"):
         out = host_of(name).run("ss -tnpH state established '( dport = :6379 )'")
         assert out.stdout.strip() == "", "%s still talks to Redis:\n%s" % (name, out.stdout)
+
+
+def test_kill_9_of_a_worker_holding_a_task_runs_it_again_at_once():
+    """kill -9 of the node that runs a task (hipri is worker1's on the first worker host alone):
+    RabbitMQ hands the unacknowledged task back when the connection drops, and the node systemd
+    starts again runs it. The README states the time from the kill to the result."""
+    import threading
+    import time
+
+    host = host_of(WORKERS[0])
+    unit = "celery-worker@worker1.service"
+    old = host.check_output("systemctl show -p MainPID --value %s" % unit)
+    box = {}
+
+    def client():
+        box["done"] = run_client(host, "\n".join([
+            "import json, time",
+            "from proj.tasks import record",
+            "record.apply_async((4343, 6), queue='hipri').get(timeout=180)",
+            "print(json.dumps(time.time()))"]), timeout=200)
+
+    sender = threading.Thread(target=client)
+    sender.start()
+    time.sleep(3)  # the task runs on worker1
+    killed = float(host.check_output("kill -9 %s && date +%%s.%%N" % old))
+    sender.join()
+    print("RabbitMQ: kill -9 of the node running a 6 s task: its result %.1f s after the kill" % (box["done"] - killed))
+    assert box["done"] - killed < 120
+    assert host.check_output("systemctl show -p MainPID --value %s" % unit) not in ("0", old)
