@@ -404,6 +404,20 @@ def test_a_task_held_as_redis_restarts_is_kept():
     assert out["kombu_stop"] == [2, 3, 4, 5, 1], out
 
 
+def test_the_kit_transport_stands_down_for_a_kombu_it_was_not_written_for():
+    """The deployed kombu is the one celery_kit.redis_transport was written for, which it then
+    provides; with another kombu version its Transport is kombu's own."""
+    code = "\n".join([
+        "import importlib, json, kombu",
+        "from kombu.transport import redis",
+        "import celery_kit.redis_transport as ours",
+        "kit = ours.Transport is not redis.Transport",
+        "real, kombu.__version__ = kombu.__version__, '9.9.0'",
+        "print(json.dumps({'real': real, 'kit': kit, 'other': importlib.reload(ours).Transport is redis.Transport}))"])
+    got = run_client(host_of(WORKERS[0]), code)
+    assert got["kit"] and got["other"], got
+
+
 def test_stop_and_start_playbooks():
     proc = playbook("playbooks/stop.yml")
     assert proc.returncode == 0, proc.stdout[-3000:]
