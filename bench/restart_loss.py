@@ -6,11 +6,15 @@ waits up to WAIT s for every result. It prints one line per run: results missing
 never ran (no record on any worker host), tasks run twice; for a lost task, whether it is still
 queued or unacknowledged. Each run uses its own task numbers, so that a late duplicate of an
 earlier run cannot hide a loss. --busy N keeps N CPUs busy meanwhile, as a CI run's other lane
-does.
+does. --drain restarts Redis the way playbooks/restart-brokers.yml does: every worker node
+stops taking tasks and finishes what it holds first (celery_kit.drain), then consumes again.
 
     MOLECULE_DEBIAN_VERSION=12 molecule create -s restart && molecule converge -s restart
-    python bench/restart_loss.py --runs 60 --busy 2
+    python bench/restart_loss.py --runs 60 --busy 2 [--drain]
     molecule destroy -s restart
+
+With kombu's own Redis transport instead of the kit's: converge with
+`-- -e celery_app_redis_unacked_retry=0` (the log line names the transport in use).
 """
 
 import argparse
@@ -46,6 +50,30 @@ def sh(host, cmd, timeout=600):
                           timeout=timeout)
 
 
+def as_celery(host, argv, timeout=600):
+    """Runs argv on host as the celery user in the app's directory, with the kit's environment."""
+    return sh(host, "cd /opt/celery/current/app && runuser -u celery -- /bin/sh -c 'set -a; "
+              ". /etc/celery-kit/environment; set +a; exec \"$@\"' sh %s" % " ".join(
+                  "'%s'" % a.replace("'", "'\\''") for a in argv), timeout=timeout)
+
+
+def drain(host, action):
+    """celery_kit.drain on host's nodes (as tasks/drain.yml of celery_worker runs it); its rc."""
+    nodes = sh(host, "systemctl list-units --no-legend --plain 'celery-worker@*' | awk '{print $1}'").stdout.split()
+    queues = {"celery-worker@worker1.service": ["celery", "hipri"]} if host.startswith("celery-rst-worker1") else {}
+    spec = json.dumps([{"name": unit.split("@", 1)[1].rsplit(".", 1)[0] + "@%h",
+                        "queues": queues.get(unit, ["celery"])} for unit in nodes])
+    for _ in range(15):  # a node answers once it has connected again (tasks/drain.yml asks every 2 s)
+        out = as_celery(host, ["/opt/celery/current/venv/bin/python", "-m", "celery_kit.drain", "proj", action,
+                               "120", spec], timeout=200)
+        if out.returncode == 0 or action == "drain":
+            break
+        time.sleep(2)
+    if out.returncode:
+        print("  %s %s: %s %s" % (host, action, out.stdout[-500:], out.stderr[-500:]), flush=True)
+    return out.returncode
+
+
 def busy(seconds):
     end = time.time() + seconds
     while time.time() < end:
@@ -59,6 +87,7 @@ def main():
     parser.add_argument("--wait", type=int, default=90, help="seconds to wait for the results of a run")
     parser.add_argument("--busy", type=int, default=0, help="CPUs to keep busy meanwhile")
     parser.add_argument("--version", default="12", help="the scenario's Debian version (container names)")
+    parser.add_argument("--drain", action="store_true", help="drain the nodes first, as restart-brokers.yml does")
     args = parser.parse_args()
     workers = ["celery-rst-worker1-d%s" % args.version, "celery-rst-worker2-d%s" % args.version]
     broker = "celery-rst-broker-d%s" % args.version
@@ -86,7 +115,12 @@ def main():
             sender.start()
             time.sleep(3)
             started = time.time()
-            rc = sh(broker, "systemctl restart redis-server").returncode
+            if args.drain:
+                drained = [drain(host, "drain") for host in workers]
+                rc = sh(broker, "systemctl restart redis-server").returncode or max(drained)
+                rc = rc or max(drain(host, "resume") for host in workers)
+            else:
+                rc = sh(broker, "systemctl restart redis-server").returncode
             took = time.time() - started
             sender.join()
             counts = collections.Counter()

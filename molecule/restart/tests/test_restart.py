@@ -233,18 +233,17 @@ def test_kill_9_of_a_worker_is_restarted_and_its_task_delivered_again():
     result = {}
 
     def long_task():
-        result["failed"] = run_client(host, "\n".join([
-            "import json",
+        result["done"] = run_client(host, "\n".join([
+            "import json, time",
             "from proj.tasks import record",
             "r = record.apply_async((4242, 6), queue='hipri')",
             "r.get(timeout=180)",
-            "print(json.dumps([]))"]), timeout=200)
+            "print(json.dumps(time.time()))"]), timeout=200)
 
     sender = threading.Thread(target=long_task)
     sender.start()
     time.sleep(3)  # the task is running on worker1
-    assert host.run("kill -9 %s" % old).rc == 0
-    killed = time.time()
+    killed = float(host.check_output("kill -9 %s && date +%%s.%%N" % old))
     while True:
         new = host.run("systemctl show -p MainPID --value %s" % unit).stdout.strip()
         if new not in ("0", old) and host.run("systemctl is-active %s" % unit).stdout.strip() == "active":
@@ -252,7 +251,9 @@ def test_kill_9_of_a_worker_is_restarted_and_its_task_delivered_again():
         assert time.time() - killed < 10, "systemd did not restart the node within 10 s"
         time.sleep(0.5)
     sender.join()
-    assert result["failed"] == []
+    # The scenario's visibility timeout is 30 s (the kit's default, 3600 s, is the wait on Redis).
+    print("Redis: kill -9 of the node running a 6 s task: its result %.1f s after the kill (visibility timeout 30 s)"
+          % (result["done"] - killed))
     assert records()[4242] >= 1
 
 
@@ -264,6 +265,26 @@ def test_broker_restart_mid_load_every_task_finishes():
     report = load.wait()
     print("broker restart: %d of 300 tasks ran more than once" % len(report["twice"]))
     assert report["ok"], explained(report)
+
+
+def test_restart_brokers_playbook_under_load_loses_none_and_runs_none_twice():
+    """playbooks/restart-brokers.yml drains the nodes, restarts Redis and has them consume again
+    while 200 tasks of 0.5 s are in flight (numbers of their own: a task of an earlier test that
+    Redis hands out again after the visibility timeout must not count here): every task
+    completes, once."""
+    clear_records()
+    load = Load(20000, 200, 0.5)
+    time.sleep(3)
+    started = time.time()
+    proc = playbook("playbooks/restart-brokers.yml")
+    seconds = time.time() - started
+    report = load.wait()
+    print("restart-brokers.yml took %.1f s; %d of 200 tasks ran more than once; client waited %s s"
+          % (seconds, len(report["twice"]), report["client_seconds"]))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "Restart the broker on each broker host" in proc.stdout
+    assert report["ok"], explained(report)
+    assert report["twice"] == [], explained(report)
 
 
 # Run on a worker host as the celery user, through the kit's transport and through kombu's own:
