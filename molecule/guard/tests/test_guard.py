@@ -10,7 +10,6 @@ import sys
 import urllib.parse
 
 import pytest
-import yaml
 
 from conftest import IMPORT_APP, host_of, hosts_in, inventory_vars, run_client
 
@@ -265,12 +264,11 @@ def test_an_account_the_kit_did_not_make_is_refused_before_the_host_changes():
 
 
 def test_the_redis_config_test_refuses_what_redis_refuses():
-    """The command that tests a new redis.conf before it is written (redis_broker's
-    __redis_broker_config_test) passes the host's own file and fails one with a directive Redis
+    """The script that tests a new redis.conf before it is written (redis_broker's
+    files/redis-config-test) passes the host's own file and fails one with a directive Redis
     does not know, with Redis's words, while the running Redis goes on."""
     redis = host_of(RESULTS)
-    with open(os.path.join(ROOT, "roles/redis_broker/vars/main.yml"), encoding="utf-8") as f:
-        command = yaml.safe_load(f)["__redis_broker_config_test"]
+    command = "/usr/local/sbin/celery-kit-redis-config-test %s"
     pid = redis.run("systemctl show -p MainPID --value redis-server").stdout
     redis.run("cp -p /etc/redis/redis.conf /tmp/good.conf && cp -p /tmp/good.conf /tmp/bad.conf"
               " && echo 'maxmemory-policy sometimes' >> /tmp/bad.conf")
