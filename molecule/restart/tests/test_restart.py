@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import broadcast, host_of, hosts_in, playbook, run_client
+from conftest import broadcast, host_of, hosts_in, kill_9_during_a_task, playbook, run_client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 WORKERS = hosts_in("celery_workers")
@@ -230,31 +230,19 @@ def test_kill_9_of_a_worker_is_restarted_and_its_task_delivered_again():
     clear_records()
     host = host_of(WORKERS[0])  # the only host consuming hipri
     unit = "celery-worker@worker1.service"
-    old = host.run("systemctl show -p MainPID --value %s" % unit).stdout.strip()
-    result = {}
 
-    def long_task():
-        result["done"] = run_client(host, "\n".join([
-            "import json, time",
-            "from proj.tasks import record",
-            "r = record.apply_async((4242, 6), queue='hipri')",
-            "r.get(timeout=180)",
-            "print(json.dumps(time.time()))"]), timeout=200)
+    def restarted(old, killed):
+        while True:
+            new = host.run("systemctl show -p MainPID --value %s" % unit).stdout.strip()
+            if new not in ("0", old) and host.run("systemctl is-active %s" % unit).stdout.strip() == "active":
+                return
+            assert time.time() - killed < 10, "systemd did not restart the node within 10 s"
+            time.sleep(0.5)
 
-    sender = threading.Thread(target=long_task)
-    sender.start()
-    time.sleep(3)  # the task is running on worker1
-    killed = float(host.check_output("kill -9 %s && date +%%s.%%N" % old))
-    while True:
-        new = host.run("systemctl show -p MainPID --value %s" % unit).stdout.strip()
-        if new not in ("0", old) and host.run("systemctl is-active %s" % unit).stdout.strip() == "active":
-            break
-        assert time.time() - killed < 10, "systemd did not restart the node within 10 s"
-        time.sleep(0.5)
-    sender.join()
+    _, seconds = kill_9_during_a_task(host, unit, 4242, while_waiting=restarted)
     # The scenario's visibility timeout is 30 s (the kit's default, 3600 s, is the wait on Redis).
     print("Redis: kill -9 of the node running a 6 s task: its result %.1f s after the kill (visibility timeout 30 s)"
-          % (result["done"] - killed))
+          % seconds)
     assert records()[4242] >= 1
 
 

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import subprocess
+import threading
 import time
 
 import pytest
@@ -83,6 +84,33 @@ def run_client(host, code, timeout=90):
     out = host.run(cmd)
     assert out.rc == 0, "client failed (rc=%s):\n%s\n%s" % (out.rc, out.stdout, out.stderr)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def kill_9_during_a_task(host, unit, number, while_waiting=None):
+    """From host, sends proj.tasks.record(number, 6) to the hipri queue, which the node of unit
+    alone consumes; 3 s later, as the node runs it, kills the node's main process with kill -9,
+    and calls while_waiting(old_pid, killed_at) while the client waits for the result. Returns
+    the old main PID and the seconds from the kill to the result."""
+    old = host.check_output("systemctl show -p MainPID --value %s" % unit)
+    assert old not in ("", "0"), "%s is not running" % unit
+    box = {}
+
+    def client():
+        box["done"] = run_client(host, "\n".join([
+            "import json, time",
+            "from proj.tasks import record",
+            "record.apply_async((%d, 6), queue='hipri').get(timeout=180)" % number,
+            "print(json.dumps(time.time()))"]), timeout=200)
+
+    sender = threading.Thread(target=client)
+    sender.start()
+    time.sleep(3)  # the task runs on the node
+    killed = float(host.check_output("kill -9 %s && date +%%s.%%N" % old))
+    if while_waiting:
+        while_waiting(old, killed)
+    sender.join()
+    assert "done" in box, "the client got no result"
+    return old, box["done"] - killed
 
 
 def broadcast(method, expected=None, deadline=60):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import BROKER, host_of, hosts_in, inventory_vars, run_client
+from conftest import BROKER, host_of, hosts_in, inventory_vars, kill_9_during_a_task, run_client
 
 pytestmark = pytest.mark.skipif(BROKER != "rabbitmq", reason="the cluster's broker is %s" % BROKER)
 
@@ -144,30 +144,12 @@ def test_kill_9_of_a_worker_holding_a_task_runs_it_again_at_once():
     """kill -9 of the node that runs a task (hipri is worker1's on the first worker host alone):
     RabbitMQ hands the unacknowledged task back when the connection drops, and the node systemd
     starts again runs it. The README states the time from the kill to the result."""
-    import threading
-    import time
-
     nodes = inventory_vars(WORKERS[0]).get("celery_worker_nodes") or []
     if not any(isinstance(n, dict) and n.get("name") == "worker1" and "hipri" in n.get("queues", []) for n in nodes):
         pytest.skip("no node worker1 consuming hipri on %s" % WORKERS[0])
     host = host_of(WORKERS[0])
     unit = "celery-worker@worker1.service"
-    old = host.check_output("systemctl show -p MainPID --value %s" % unit)
-    assert old not in ("", "0"), "%s is not running" % unit
-    box = {}
-
-    def client():
-        box["done"] = run_client(host, "\n".join([
-            "import json, time",
-            "from proj.tasks import record",
-            "record.apply_async((4343, 6), queue='hipri').get(timeout=180)",
-            "print(json.dumps(time.time()))"]), timeout=200)
-
-    sender = threading.Thread(target=client)
-    sender.start()
-    time.sleep(3)  # the task runs on worker1
-    killed = float(host.check_output("kill -9 %s && date +%%s.%%N" % old))
-    sender.join()
-    print("RabbitMQ: kill -9 of the node running a 6 s task: its result %.1f s after the kill" % (box["done"] - killed))
-    assert box["done"] - killed < 120
+    old, seconds = kill_9_during_a_task(host, unit, 4343)
+    print("RabbitMQ: kill -9 of the node running a 6 s task: its result %.1f s after the kill" % seconds)
+    assert seconds < 120
     assert host.check_output("systemctl show -p MainPID --value %s" % unit) not in ("0", old)
