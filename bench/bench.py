@@ -34,6 +34,7 @@ removed at the end, also on failure.
 import argparse
 import configparser
 import glob
+import itertools
 import json
 import os
 import platform
@@ -133,6 +134,9 @@ def write_inventory(workers, broker="redis", concurrency=None):
     return n
 
 
+PLAYBOOK_RUN = itertools.count(1)
+
+
 def playbook(*args):
     """site.yml (or another playbook) against the bench inventory; seconds it took."""
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
@@ -141,8 +145,11 @@ def playbook(*args):
     proc = run(["ansible-playbook", "-i", os.path.join(INVENTORY, "hosts.yml")] + list(args),
                cwd=ROOT, env=env, capture_output=True, check=False)
     seconds = time.monotonic() - started
-    with open(os.path.join(OUT, "last-playbook.log"), "w") as f:
-        f.write(proc.stdout + proc.stderr)
+    # Every run's output, numbered: last-playbook.log is the last one.
+    os.makedirs(os.path.join(OUT, "playbook-logs"), exist_ok=True)
+    for name in ("last-playbook.log", os.path.join("playbook-logs", "%02d.log" % next(PLAYBOOK_RUN))):
+        with open(os.path.join(OUT, name), "w") as f:
+            f.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise SystemExit("bench: ansible-playbook %s failed:\n%s" % (" ".join(args), proc.stdout[-3000:]))
     return seconds
@@ -364,6 +371,7 @@ def main():
     args = p.parse_args()
     only = set(args.only.split(","))
     os.makedirs(OUT, exist_ok=True)
+    shutil.rmtree(os.path.join(OUT, "playbook-logs"), ignore_errors=True)
     res = {"date": time.strftime("%Y-%m-%d %H:%M"), "runs": args.runs, "tasks": args.tasks,
            "machine": "%s, %d CPUs, %s" % (platform.node(), os.cpu_count(), platform.platform(terse=True)),
            "strategy": os.environ.get("ANSIBLE_STRATEGY") or config_strategy()}
