@@ -276,6 +276,7 @@ GAP_CLIENT = r"""
 import contextlib, json, time, uuid
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from celery.worker import state as worker_state
 from proj.celery import app
 
 def back(client):
@@ -309,6 +310,8 @@ def one_message(transport):
                                   routing_key=name, declare=[queue])
         def where(message, error):
             back(client)
+            if hasattr(channel.qos, "wait"):  # the kit's transport catches up in a thread
+                assert channel.qos.wait(30), "the kit's transport did not catch up with Redis"
             return {"taken": message is not None, "error": error, "queued": client.llen(name),
                     "unacked": len(unacked(client, channel, marker))}
         yield conn, channel, client, marker, name, where
@@ -331,15 +334,28 @@ def take(transport):
         channel.queue_delete(name)
         return state
 
-def hand_back(transport):
+class Running:
+    def __init__(self, message):
+        self.message = message
+
+def hand_back(transport, running=False, cancel=False):
+    # running: the worker runs the task as its channel closes, with Redis up (systemd stops
+    # restarting a Redis shut down more than 5 times in 10 s); cancel: the worker cancels its
+    # running tasks on connection loss (worker_cancel_long_running_tasks_on_connection_loss).
+    app.conf.worker_cancel_long_running_tasks_on_connection_loss = cancel
     with one_message(transport) as (conn, channel, client, marker, name, where):
         message = channel.basic_get(name, no_ack=False)
-        shut_down(client)
+        request = Running(message)
+        if running:
+            worker_state.active_requests.add(request)
+        else:
+            shut_down(client)
         try:
             channel.close()  # as a worker that lost its connection: hands back what it holds
             error = None
         except conn.connection_errors as exc:
             error = repr(exc)
+        worker_state.active_requests.discard(request)
         state = where(message, error)
     with Connection(app.conf.broker_url, transport=transport,
                     transport_options=app.conf.broker_transport_options) as conn:
@@ -379,6 +395,8 @@ KIT = "celery_kit.redis_transport:Transport"
 print(json.dumps({"kit": take(KIT), "kombu": take("redis"),
                   "kit_hand_back": hand_back(KIT),
                   "kombu_hand_back": hand_back("redis"),
+                  "kit_hand_back_running": hand_back(KIT, running=True),
+                  "kit_hand_back_cancelled": hand_back(KIT, running=True, cancel=True),
                   "kit_stop": stop_with_a_take_in_flight(KIT),
                   "kombu_stop": stop_with_a_take_in_flight("redis")}))
 """
@@ -391,7 +409,10 @@ def test_a_task_held_as_redis_restarts_is_kept():
     message is recorded once Redis is back; through kombu's own it is in neither place. A channel
     closes while Redis is down, as a worker's does when it loses its connection: through the
     kit's transport the message it held is back in its queue once Redis is; through kombu's own
-    it stays unacknowledged until the visibility timeout. A worker stops with a BRPOP in flight,
+    it stays unacknowledged until the visibility timeout. The kit's transport does these steps
+    in a thread of its own once Redis is back (the close returns at once), leaves a task that is
+    still running to its own acknowledgement, and hands it back too when the worker cancels its
+    running tasks on connection loss. A worker stops with a BRPOP in flight,
     as at a warm shutdown: the message Redis handed it goes back to the front of its queue
     through the kit's transport; kombu requeues it at the back, behind everything queued since.
     Kombu's results show the test hits each gap: should they change, kombu has closed a gap and
@@ -403,6 +424,10 @@ def test_a_task_held_as_redis_restarts_is_kept():
         and out["kombu"]["unacked"] == 0, out
     assert out["kit_hand_back"] == {"taken": True, "error": None, "queued": 1, "unacked": 0}, out
     assert out["kombu_hand_back"]["queued"] == 0 and out["kombu_hand_back"]["unacked"] == 1, out
+    # A task the worker still runs is left to its own acknowledgement, unless the worker cancels
+    # its running tasks on connection loss: then it goes back to its queue with the rest.
+    assert out["kit_hand_back_running"] == {"taken": True, "error": None, "queued": 0, "unacked": 1}, out
+    assert out["kit_hand_back_cancelled"] == {"taken": True, "error": None, "queued": 1, "unacked": 0}, out
     # A worker stops with a BRPOP in flight: the message it was handed goes back to the front of
     # its queue through the kit's transport, and to the back through kombu's.
     assert out["kit_stop"] == [1, 2, 3, 4, 5], out
