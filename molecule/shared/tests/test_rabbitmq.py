@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from conftest import BROKER, host_of, hosts_in, inventory_vars, kill_9_during_a_task, run_client
+from conftest import (BROKER, IMPORT_APP, host_of, hosts_in, inventory_vars, kill_9_during_a_task, playbook,
+                      run_client)
 
 pytestmark = pytest.mark.skipif(BROKER != "rabbitmq", reason="the cluster's broker is %s" % BROKER)
 
@@ -94,6 +95,45 @@ def test_rabbitmq_config(name):
     f = host_of(name).file("/etc/rabbitmq/rabbitmq.conf")
     assert (f.user, f.group, f.mode) == ("root", "rabbitmq", 0o640)
     assert "consumer_timeout = 1800000" in f.content_string
+
+
+@pytest.mark.parametrize("name", BROKERS)
+def test_the_rabbitmq_config_test_refuses_what_rabbitmq_refuses(name):
+    """The script that checks a new rabbitmq.conf before it is written (rabbitmq_broker's
+    files/rabbitmq-config-test) passes the host's own file and fails one with a value RabbitMQ
+    cannot take, in RabbitMQ's words, while the running node goes on."""
+    host = host_of(name)
+    command = "/usr/local/sbin/celery-kit-rabbitmq-config-test /tmp/%s.conf"
+    pid = host.check_output("systemctl show -p MainPID --value rabbitmq-server")
+    host.run("cp -p /etc/rabbitmq/rabbitmq.conf /tmp/good.conf"
+             " && sed 's/^consumer_timeout = .*/consumer_timeout = soon/' /tmp/good.conf > /tmp/bad.conf")
+    try:
+        good, bad = host.run(command % "good"), host.run(command % "bad")
+    finally:
+        host.run("rm -f /tmp/good.conf /tmp/bad.conf")
+    assert good.rc == 0, good.stderr
+    assert bad.rc == 1 and "consumer_timeout" in bad.stderr and "soon" in bad.stderr, (bad.rc, bad.stderr)
+    assert host.check_output("systemctl show -p MainPID --value rabbitmq-server") == pid
+
+
+def test_a_rabbitmq_config_that_does_not_start_leaves_the_old_one_running(tmp_path):
+    """An address the broker host does not have passes every check on the controller and the
+    config schemas; RabbitMQ cannot listen on it, the previous rabbitmq.conf is put back and
+    runs, the run fails saying so, and tasks still go through the broker."""
+    host = host_of(BROKERS[0])
+    before = host.file("/etc/rabbitmq/rabbitmq.conf").sha256sum
+    play = tmp_path / "rabbitmq.yml"
+    play.write_text("- hosts: brokers\n  roles: [rabbitmq_broker]\n")
+    proc = playbook(str(play), "-e", "rabbitmq_broker_bind_address=10.231.231.99")
+    said = " ".join(proc.stdout.split())
+    assert proc.returncode != 0
+    assert "did not come back on its new config" in said, proc.stdout[-3000:]
+    assert "the previous rabbitmq.conf is back and RabbitMQ runs it" in said, proc.stdout[-3000:]
+    assert host.file("/etc/rabbitmq/rabbitmq.conf").sha256sum == before
+    assert host.run("ls /etc/rabbitmq | grep '~$'").stdout == "", "a copy of the old rabbitmq.conf was left"
+    assert host.service("rabbitmq-server").is_running
+    code = "import json; %s; print(json.dumps(app.send_task('proj.tasks.add', args=(2, 3)).get(timeout=60)))" % IMPORT_APP
+    assert run_client(host_of(WORKERS[0]), code) == 5
 
 
 @pytest.mark.parametrize("name", BROKERS)
