@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.parse
 
 import pytest
@@ -305,14 +306,24 @@ def test_a_redis_config_that_does_not_start_leaves_the_old_one_running(tmp_path)
 def test_a_crash_looping_beat_fails_the_run():
     """A scheduler class that does not exist passes the controller (it is a class path); beat
     starts, fails and is restarted by systemd, and the run fails with beat's journal instead of
-    ending "ok". The next run with the inventory's own settings brings beat back."""
+    ending "ok". Beat's previous /etc/default/celerybeat is put back and beat runs on it again,
+    with no copy left behind; the next run with the inventory's own settings changes nothing."""
     site = os.path.join(ROOT, "site.yml")
+    beat = host_of(hosts_in("celery_beat")[0])
+    before = beat.file("/etc/default/celerybeat").sha256sum
     try:
         rc, out = playbook(site, "--tags", "beat", "-e", "celery_beat_scheduler=proj.tasks.NoSuchScheduler")
         assert rc != 0
         said = " ".join(out.split())
         assert re.search(r"celerybeat\.service on \S+ did not stay up after this run started it", said), out[-3000:]
+        assert "What it ran with before this run is back (/etc/default/celerybeat), and it was started on it again" in said, out[-3000:]
         assert "Its journal:" in said, out[-3000:]
+        assert beat.file("/etc/default/celerybeat").sha256sum == before
+        assert beat.run("ls /etc/default /etc/systemd/system | grep '~$'").stdout == ""
+        show = "systemctl show -p ActiveState -p MainPID -p NRestarts celerybeat"
+        state = beat.check_output(show)
+        time.sleep(5)  # longer than systemd's RestartSec: a beat that crash-loops is seen
+        assert beat.check_output(show) == state and "ActiveState=active" in state, state
     finally:
         rc, out = playbook(site, "--tags", "beat")
         assert rc == 0, out[-3000:]
