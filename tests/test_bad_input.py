@@ -284,6 +284,10 @@ W1 = "bad-input-worker1"
     ({"celery_worker_nodes": [{"name": "w1", "concurency": 4}]}, ["unknown setting 'concurency'"]),
     ({"celery_worker_stop_timeout": 200}, ["celery_worker_stop_timeout on bad-input-worker1 is 200"]),
     ({"celery_worker_pid_file": "/run/celery/worker.pid"}, ["celery_worker_pid_file"]),
+    ({"celery_worker_watchdog_interval": 20},
+     ["celery_worker_watchdog_interval on bad-input-worker1 is 20 s", "can take celery_worker_watchdog_timeout + 15 s (25 s)"]),
+    ({"celery_worker_watchdog_failures": 0}, ["celery_worker_watchdog_failures must be at least 1"]),
+    ({"celery_worker_watchdog_timeout": "ten"}, ["celery_worker_watchdog_timeout"]),
     ({"celery_init_system": "upstart"}, ["celery_init_system on bad-input-worker1 is 'upstart'"]),
 ], ids=lambda v: json.dumps(v)[:60] if isinstance(v, dict) else None)
 def test_bad_worker_settings(tmp_path, host_vars, words):

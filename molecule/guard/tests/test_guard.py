@@ -55,12 +55,16 @@ def changed_files(before, after):
     return diffs
 
 
+# The long-running units (not the watchdog's, which its timer starts and stops).
+SERVICES = "'celery-worker@*' celerybeat.service celery-flower.service rabbitmq-server redis-server"
+
+
 def main_pids():
     out = {}
     for name in ALL:
         res = host_of(name).run(
-            "systemctl show -p MainPID --value 'celery*' rabbitmq-server redis-server 2>/dev/null; "
-            "systemctl list-units --plain --no-legend 'celery*' rabbitmq-server redis-server")
+            "systemctl show -p MainPID --value %s 2>/dev/null; "
+            "systemctl list-units --plain --no-legend %s" % (SERVICES, SERVICES))
         out[name] = res.stdout
     return out
 
@@ -171,8 +175,9 @@ def exposure(name, unit):
 
 
 def units(name):
-    res = host_of(name).run("systemctl list-units --plain --no-legend --state=running 'celery*'")
-    return sorted(line.split()[0] for line in res.stdout.splitlines())
+    """The kit's running services on a host (not the watchdog's, a timer's short oneshot)."""
+    res = host_of(name).run("systemctl list-units --plain --no-legend --state=running 'celery*.service'")
+    return sorted(u for u in (line.split()[0] for line in res.stdout.splitlines()) if not u.startswith("celery-watchdog@"))
 
 
 def test_celery_units_score_at_most_1_1_by_default():

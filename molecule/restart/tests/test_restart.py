@@ -6,6 +6,7 @@ the kit's experimental transport against kombu's own."""
 
 import collections
 import os
+import shlex
 import subprocess
 import threading
 import time
@@ -512,6 +513,66 @@ def test_status_playbook_shows_every_node():
             rows = [r for r in proc.stdout.splitlines() if name in r and unit in r]
             assert rows and "pong" in rows[0] and "active/running" in rows[0], (unit, proc.stdout[-3000:])
             assert rows[0].rstrip("'\" ").split()[-1] == "4", rows[0]  # pool size (celery_worker_concurrency)
+
+
+def watchdog_until_restarted(host, node, runs=4):
+    """Runs the node's watchdog as its timer does, until it restarted the node (its MainPID
+    changed) or `runs` times; the timer is stopped meanwhile, so that every check is counted
+    here. Returns the number of checks and the watchdog's journal of this test."""
+    unit, timer = "celery-worker@%s.service" % node, "celery-watchdog@%s.timer" % node
+    assert host.check_output("systemctl is-active %s" % timer) == "active"
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    old = host.check_output("systemctl show -p MainPID --value %s" % unit)
+    host.run("systemctl stop %s" % timer)
+    try:
+        for run in range(1, runs + 1):
+            started = host.run("systemctl start celery-watchdog@%s.service" % node)
+            if started.rc != 0:
+                break
+            if host.check_output("systemctl show -p MainPID --value %s" % unit) not in (old, "0"):
+                break
+    finally:
+        host.run("systemctl start %s" % timer)
+    journal = host.check_output("journalctl --no-pager -o cat -u celery-watchdog@%s.service --since %s"
+                                % (node, shlex.quote(since)))
+    assert started.rc == 0 and "Traceback" not in journal, journal
+    return run, journal
+
+
+def expect_watchdog_restart(make_stuck, reason, first):
+    """A healthy node passes the watchdog's check; once make_stuck(host, pid) has stopped it,
+    the watchdog restarts that node at its third failed check in a row (the default
+    celery_worker_watchdog_failures), with the reason in its journal; the restarted node answers
+    and consumes its queues again, and no other node restarted."""
+    host, node = host_of(WORKERS[0]), "worker1"
+    unit = "celery-worker@%s.service" % node
+    runs, journal = watchdog_until_restarted(host, node, runs=1)
+    assert runs == 1 and "restarting" not in journal and journal.count("check ") == 0, journal
+    before = main_pids()
+    make_stuck(host, host.check_output("systemctl show -p MainPID --value %s" % unit))
+    runs, journal = watchdog_until_restarted(host, node)
+    print("watchdog: restarted at check %d: %s" % (runs, [l for l in journal.splitlines() if "restarting" in l]))
+    assert runs == 3 and reason in journal and "3 checks in a row: restarting it" in journal, journal
+    after = main_pids()
+    changed = sorted(k for k in before if before[k] != after.get(k))
+    assert changed == ["%s/%s" % (WORKERS[0], unit)], changed
+    report = send(first, 20, 0)
+    assert report["ok"], explained(report)
+
+
+def test_the_watchdog_restarts_a_node_that_stopped_consuming():
+    """celery control cancel_consumer: the node answers ping but no longer reads celery."""
+    def cancel(host, pid):
+        code = ("import json; from proj.celery import app; print(json.dumps(app.control.cancel_consumer("
+                "'celery', destination=['worker1@%s'], reply=True)))" % WORKERS[0])
+        assert run_client(host, code), "no node answered cancel_consumer"
+    expect_watchdog_restart(cancel, "answers ping but does not consume celery", 7000)
+
+
+def test_the_watchdog_restarts_a_node_whose_main_process_is_stopped():
+    """SIGSTOP of the node's main process: it neither answers nor consumes; the restart's
+    SIGTERM, with the SIGCONT systemd sends after it, ends it with a warm shutdown."""
+    expect_watchdog_restart(lambda host, pid: host.run("kill -STOP %s" % pid), "does not answer ping", 7100)
 
 
 def test_host_restart_brings_every_service_back():

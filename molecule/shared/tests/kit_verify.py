@@ -113,6 +113,12 @@ def kill_9_during_a_task(host, unit, number, while_waiting=None):
     return old, box["done"] - killed
 
 
+def app_queues(entries):
+    """The queue names of a node's `inspect active_queues` entries, without its own worker_direct
+    queue (NAME.dq2, exchange C.dq2: the watchdog's), which every node reads."""
+    return sorted(q["name"] for q in entries or [] if (q.get("exchange") or {}).get("name") != "C.dq2")
+
+
 def broadcast(method, expected=None, deadline=60):
     """A control broadcast (ping, or an inspect method such as stats) through the deployed
     broker: node name -> reply. A busy node can miss one round's reply window, so it asks again,

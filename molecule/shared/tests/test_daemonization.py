@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from conftest import broadcast, host_of, hosts_in, inventory_vars, run_client
+from conftest import app_queues, broadcast, host_of, hosts_in, inventory_vars, run_client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "roles", "celery_worker", "filter_plugins"))
@@ -67,7 +67,8 @@ def test_each_node_consumes_exactly_its_queues(name, active_queues):
     for node in resolved_nodes(name):
         full = "%s@%s" % (node["name"], name)
         assert full in active_queues, "%s did not answer" % full
-        assert sorted(q["name"] for q in active_queues[full]) == sorted(node["queues"]), full
+        assert app_queues(active_queues[full]) == sorted(node["queues"]), full
+        assert "%s.dq2" % full in [q["name"] for q in active_queues[full]], full  # the watchdog's probe queue
 
 
 @pytest.mark.parametrize("name", WORKERS)
@@ -112,7 +113,7 @@ def test_the_guides_ten_node_example():
     want.update({i: ["data"] for i in (4, 5)})
     want.update({i: ["default"] for i in range(6, 11)})
     for i, expected in want.items():
-        assert sorted(q["name"] for q in queues["celery%d@%s" % (i, name)]) == expected, i
+        assert app_queues(queues["celery%d@%s" % (i, name)]) == expected, i
     pools = inspect("stats")
     assert pools["celery7@%s" % name]["pool"]["max-concurrency"] == 2
     assert pools["celery6@%s" % name]["pool"]["max-concurrency"] == 1

@@ -68,8 +68,8 @@ def test_tasks_run_and_per_node_options_apply(host):
     assert stats["worker2@%s" % NAME]["pool"]["max-concurrency"] == 2
     queues = run_client(host, "import json; from proj.celery import app; "
                               "print(json.dumps(app.control.inspect(timeout=10).active_queues()))")
-    assert sorted(q["name"] for q in queues["worker1@%s" % NAME]) == ["celery", "hipri"]
-    assert sorted(q["name"] for q in queues["worker2@%s" % NAME]) == ["celery"]
+    assert sorted(q["name"] for q in queues["worker1@%s" % NAME]) == ["celery", "hipri", "worker1@%s.dq2" % NAME]
+    assert sorted(q["name"] for q in queues["worker2@%s" % NAME]) == ["celery", "worker2@%s.dq2" % NAME]
 
 
 def test_beat_runs_the_schedule(host):

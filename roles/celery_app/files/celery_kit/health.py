@@ -4,7 +4,8 @@ in the app directory, with the kit's environment file loaded (tasks/health.yml o
     python -m celery_kit.health APP '[{"name": "worker1@%h", "queues": ["celery"]}, ...]'
 
 Exits 0 when every node answers `inspect ping` and consumes exactly its queues
-(`inspect active_queues`); otherwise prints what is missing and exits 1.
+(`inspect active_queues`; besides its own worker_direct queue, NAME.dq2, which the watchdog
+probes); otherwise prints what is missing and exits 1.
 
 A node restarted a moment ago takes a few seconds to boot, so the nodes that have not answered
 are pinged again every half second, for up to WAIT seconds, before the verdict: one run of this
@@ -16,7 +17,7 @@ import sys
 import time
 
 from celery.app.utils import find_app
-from celery.utils.nodenames import host_format
+from celery.utils.nodenames import host_format, worker_direct
 
 app = find_app(sys.argv[1])
 want = {}
@@ -38,7 +39,7 @@ if set(want) <= set(pongs):
     queues = app.control.inspect(destination=sorted(want), timeout=3).active_queues() or {}
 problems = []
 for name, expected in sorted(want.items()):
-    got = sorted(q["name"] for q in queues.get(name) or [])
+    got = sorted(q["name"] for q in queues.get(name) or [] if q["name"] != worker_direct(name).name)
     if name not in pongs:
         problems.append("%s does not answer ping" % name)
     elif got != expected:
