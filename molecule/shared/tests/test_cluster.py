@@ -23,6 +23,24 @@ def test_every_worker_node_runs_and_starts_at_boot(name):
         assert svc.is_enabled, node
 
 
+@pytest.mark.parametrize("name", WORKERS)
+def test_every_node_passes_its_watchdog_check(name):
+    """Each node's watchdog timer runs, and one check (as its timer starts it) passes: the node
+    answers, consumes its queues and takes the probe off its own queue, through this scenario's
+    broker and pools; nothing is counted against it and it is not restarted."""
+    host = host_of(name)
+    for node in worker_nodes(name):
+        assert host.service("celery-watchdog@%s.timer" % node).is_running, node
+        pid = host.check_output("systemctl show -p MainPID --value celery-worker@%s" % node)
+        since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+        run = host.run("systemctl start celery-watchdog@%s.service" % node)
+        journal = host.check_output("journalctl --no-pager -o cat -u celery-watchdog@%s.service --since '%s'"
+                                    % (node, since))
+        assert run.rc == 0, (node, journal)
+        assert not any(word in journal for word in ("Traceback", "before a restart", "restarting")), (node, journal)
+        assert host.check_output("systemctl show -p MainPID --value celery-worker@%s" % node) == pid, node
+
+
 @pytest.mark.parametrize("name", BEAT)
 def test_beat_runs_and_starts_at_boot(name):
     svc = host_of(name).service("celerybeat")
