@@ -75,6 +75,7 @@ def main(argv):
         # Not the node's failure: a broker outage is not fixed by restarting every node.
         print("%s not checked: the broker cannot be reached (%s); not counted" % (name, exc), file=sys.stderr)
         return 0
+    os.makedirs(state_dir, mode=0o750, exist_ok=True)
     state = os.path.join(state_dir, node)
     if reason is None:
         if os.path.exists(state):
