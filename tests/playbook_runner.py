@@ -155,6 +155,25 @@ class Runner:
         self._log.close()
         self._proc = None
 
+    def render(self, playbook, filter_dirs, tmp_path, case_vars):
+        """Run a render playbook of the fast tests (tests/render*.yml) on the controller with
+        CASE_VARS as extra vars and render_dir=TMP_PATH/out; return that directory."""
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        case = tmp_path / "case.json"
+        case.write_text(json.dumps(case_vars or {}))
+        out = tmp_path / "out"
+        out.mkdir()
+        env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(root, "ansible.cfg"),
+                   ANSIBLE_FILTER_PLUGINS=":".join(filter_dirs),
+                   ANSIBLE_CACHE_PLUGIN="memory", ANSIBLE_LOCALHOST_WARNING="false")
+        rc, output = self.run(
+            [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), playbook,
+             "-e", "@%s" % case, "-e", "render_dir=%s" % out,
+             "-e", "ansible_python_interpreter=%s" % sys.executable],
+            cwd=root, env=env, out_dir=tmp_path, timeout=120)
+        assert rc == 0, output
+        return out
+
 
 # Environment variables that may differ from one run to the next of the same server.
 _PER_RUN_VARIABLES = {"PYTEST_CURRENT_TEST"}

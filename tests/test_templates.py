@@ -10,7 +10,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 
 import pytest
 from celery.apps.multi import MultiParser, NamespacedOptionParser
@@ -19,7 +18,7 @@ from playbook_runner import Runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLAYBOOK = os.path.join(ROOT, "tests", "render.yml")
-FILTERS = ":".join(os.path.join(ROOT, "roles", r, "filter_plugins") for r in ("celery_worker", "celery_app"))
+FILTERS = [os.path.join(ROOT, "roles", r, "filter_plugins") for r in ("celery_worker", "celery_app")]
 
 # Case: (inventory vars, expected variables of /etc/default/celeryd, expected options per node).
 CASES = {
@@ -110,19 +109,7 @@ ALWAYS = {
 
 
 def render(tmp_path, case_vars):
-    case = tmp_path / "case.json"
-    case.write_text(json.dumps(case_vars))
-    out = tmp_path / "out"
-    out.mkdir()
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_FILTER_PLUGINS=FILTERS,
-               ANSIBLE_CACHE_PLUGIN="memory", ANSIBLE_LOCALHOST_WARNING="false")
-    rc, output = RUNNER.run(
-        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), PLAYBOOK,
-         "-e", "@%s" % case, "-e", "render_dir=%s" % out,
-         "-e", "ansible_python_interpreter=%s" % sys.executable],
-        cwd=ROOT, env=env, out_dir=tmp_path, timeout=120)
-    assert rc == 0, output
-    return out
+    return RUNNER.render(PLAYBOOK, FILTERS, tmp_path, case_vars)
 
 
 # Runs ansible-playbook for render() without a Python start-up per case (playbook_runner.py).
