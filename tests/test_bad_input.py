@@ -257,6 +257,47 @@ def test_two_tiers_on_one_port_of_a_host(tmp_path, broker, groups, host_vars, wo
     assert_stopped_in_preflight(rc, out, words)
 
 
+# The monitoring tier on Flower's host, as molecule/default has it.
+MONITORING_GROUPS = dict(FLOWER_GROUPS, monitoring=["bad-input-flower"])
+MONITORING = dict(FLOWER, vault_monitoring_password="not-a-real-monitoring-pass-456",
+                  monitoring_password="{{ vault_monitoring_password }}")
+
+
+@passes_preflight
+def test_good_monitoring_inventory_passes_preflight(tmp_path):
+    rc, out = run_site(tmp_path, all_vars=MONITORING, groups=MONITORING_GROUPS)
+    assert PAST_PREFLIGHT in out, out
+
+
+@pytest.mark.parametrize("all_vars, host_vars, words", [
+    # A port that another tier of the same host has.
+    ({}, {"bad-input-flower": {"monitoring_prometheus_port": 5555}},
+     ["On bad-input-flower, celery_flower_port and monitoring_prometheus_port are all port 5555"]),
+    ({}, {"bad-input-broker": {"monitoring_node_exporter_port": 6379}},
+     ["On bad-input-broker, redis_broker_port and monitoring_node_exporter_port are all port 6379"]),
+    ({}, {"bad-input-flower": {"monitoring_alertmanager_port": 9090}},
+     ["monitoring_prometheus_port and monitoring_alertmanager_port are all port 9090"]),
+    # Thresholds that are not numbers, or ratios that are not fractions.
+    ({"monitoring_alert_failure_ratio": "ten percent"}, {},
+     ["monitoring_alert_failure_ratio is 'ten percent': give a number of 0 or more"]),
+    ({"monitoring_alert_worker_down_for": "1m"}, {},
+     ["monitoring_alert_worker_down_for is '1m': give a number of 0 or more, such as 300 or 0.1 (no unit)"]),
+    ({"monitoring_alert_queue_min_length": True}, {}, ["monitoring_alert_queue_min_length is True"]),
+    ({"monitoring_alert_failure_ratio": 10}, {},
+     ["monitoring_alert_failure_ratio (10) and monitoring_alert_redis_memory_ratio (0.9) are fractions"]),
+    ({"monitoring_retention": "two weeks"}, {}, ["monitoring_retention ('two weeks') a Prometheus duration"]),
+    ({"monitoring_alertmanager_receivers": [{"webhook_configs": []}]}, {},
+     ["monitoring_alertmanager_receivers is Alertmanager's list of receivers, each a mapping with a name"]),
+    # No password, or a placeholder.
+    ({"monitoring_password": ""}, {}, ["monitoring_password is empty on bad-input-flower"]),
+    ({"monitoring_password": "change-me"}, {}, ["monitoring_password is not of its form"]),
+], ids=lambda v: json.dumps(v)[:60] if isinstance(v, dict) else None)
+def test_bad_monitoring_settings(tmp_path, all_vars, host_vars, words):
+    rc, out = run_site(tmp_path, all_vars=dict(MONITORING, **all_vars), host_vars=host_vars,
+                       groups=MONITORING_GROUPS)
+    assert_stopped_in_preflight(rc, out, *words)
+
+
 # The daemonization surface (issue 4): every bad value names its variable.
 W1 = "bad-input-worker1"
 

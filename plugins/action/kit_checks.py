@@ -24,7 +24,7 @@ callbacks), and the preflight play runs every check on every host on every run.
         validate: preflight
 
 With `forms`, a mapping of variable names to forms (FORMS below: path, address, port,
-service_port, timezone, secret, account, group, module), the task checks each variable's value
+service_port, number, timezone, secret, account, group, module), the task checks each variable's value
 for its form before its checks, and fails naming every variable that is not of its form and
 what to give instead; a secret's value is never shown. A form check holds the whole value, to
 its last character: Python's `$`, which the `match` test uses, also matches before a final
@@ -93,6 +93,17 @@ def _secret(value: t.Any) -> bool:
             and not PLACEHOLDERS.search(text))
 
 
+def _number(value: t.Any) -> bool:
+    """A number, or a string Ansible reads as one ("0.5" from -e); never a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        number = float(str(value))
+    except ValueError:
+        return False
+    return number >= 0 and number == number and number != float("inf")
+
+
 # form: (test, what to give instead). The tests take the resolved value.
 FORMS = {
     "path": (lambda v: isinstance(v, str) and re.match(r"/[A-Za-z0-9_./-]*\Z", v) is not None and "/../" not in v + "/",
@@ -101,6 +112,7 @@ FORMS = {
     "port": (lambda v: _port(v, 1), "a TCP port from 1 to 65535"),
     "service_port": (lambda v: _port(v, 1024),
                      "a TCP port from 1024 to 65535 (the service runs unprivileged and cannot bind below 1024)"),
+    "number": (_number, "a number of 0 or more, such as 300 or 0.1 (no unit)"),
     "timezone": (_timezone, "an IANA time zone name, such as UTC or Europe/Paris"),
     "secret": (_secret, "a secret with no leading or trailing whitespace and no control character, and not a "
                         "placeholder such as change-me: point it at a vault_ variable with a long random value"),

@@ -22,15 +22,21 @@ def _rows(page, table):
         "rows => rows.map(r => Array.from(r.querySelectorAll('td')).map(td => td.textContent.replace(/\s+/g, ' ').trim()))")
 
 
-def _wait_for(page, what, predicate, timeout):
+def wait_for(what, predicate, timeout, pause=lambda: time.sleep(2)):
+    """predicate()'s first true value, asked again after each pause until TIMEOUT seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for %s" % what)
-        page.wait_for_timeout(500)
+            raise AssertionError("timed out after %d s waiting for %s" % (timeout, what))
+        pause()
+
+
+def _wait_for(page, what, predicate, timeout):
+    # The page's own wait keeps the browser's events flowing.
+    return wait_for(what, predicate, timeout, pause=lambda: page.wait_for_timeout(500))
 
 
 def look(url, user, password, workers, task_id=None, shots_dir=None, timeout=60):

@@ -148,12 +148,13 @@ def test_app_uses_the_chosen_broker():
         assert 'broker_url = "%s' % scheme in config, name
 
 
-def test_task_events_only_with_flower():
-    """Workers send task events when the inventory deploys Flower, and not otherwise."""
-    with_flower = bool(hosts_in("flower"))
+def test_task_events_only_with_a_consumer():
+    """Workers send task events when the inventory deploys Flower or a monitoring host, which
+    consume them, and not otherwise."""
+    consumed = bool(hosts_in("flower") or hosts_in("monitoring"))
     for name in WORKERS:
         config = host_of(name).file("/opt/celery/kit/celery_kit/config.py").content_string
-        assert ("worker_send_task_events = True" in config) == with_flower, name
+        assert ("worker_send_task_events = True" in config) == consumed, name
 
 
 def test_add_round_trips_through_the_broker():

@@ -135,6 +135,8 @@ def test_beat_schedule_kinds_from_the_inventory(name):
     """Every schedule kind the inventory declares is loaded by beat's config, and the
     every-minute crontab entry has run."""
     entries = {e["name"]: e for e in inventory_vars(name).get("celery_app_beat_schedule", [])}
+    if hosts_in("monitoring"):
+        entries["celery-kit-beat-heartbeat"] = {"every": 60}  # the monitoring tier's
     got = run_client(host_of(name), (
         "import json; from celery_kit import config as c; "
         "print(json.dumps({k: type(v['schedule']).__name__ for k, v in c.beat_schedule.items()}))"))

@@ -71,7 +71,7 @@ def test_rabbitmq_listens_on_the_workers_address_only(name):
     assert not host.socket("tcp://:::5672").is_listening
     # The management plugin is off by default.
     assert not host.socket("tcp://0.0.0.0:15672").is_listening
-    assert "rabbitmq_management" not in host.check_output("rabbitmq-plugins list -e -m")
+    assert "rabbitmq_management" not in host.check_output("rabbitmq-plugins list -e -m").split()
 
 
 @pytest.mark.parametrize("name", BROKERS)

@@ -334,6 +334,19 @@ def celery_worker_health_nodes(resolved):
     return [{"name": n["fullname"], "queues": list(n["queues"])} for n in resolved]
 
 
+def celery_worker_metric_nodes(resolved, hostname):
+    """Each node's name as Celery gives it on a host of that full name (celery.utils.nodenames:
+    %h the full name, %n its first label, %d its domain; no '@' is name@hostname), with each of
+    its queues: [{"worker": "w1@host", "queue": "celery"}, ...]."""
+    short, _, domain = hostname.partition(".")
+    rows = []
+    for n in resolved:
+        host = n["hostname"] or hostname
+        host = host.replace("%h", hostname).replace("%n", short).replace("%d", domain)
+        rows.extend({"worker": "%s@%s" % (n["name"], host), "queue": q} for q in n["queues"])
+    return rows
+
+
 def celery_worker_pools(resolved):
     """The pools used by the nodes, each once."""
     return sorted({n.get("pool") for n in resolved if n.get("pool")})
@@ -350,4 +363,5 @@ class FilterModule:
             "celery_worker_resize_nodes": celery_worker_resize_nodes,
             "celery_worker_pools": celery_worker_pools,
             "celery_worker_health_nodes": celery_worker_health_nodes,
+            "celery_worker_metric_nodes": celery_worker_metric_nodes,
         }
