@@ -288,6 +288,7 @@ def test_good_monitoring_inventory_passes_preflight(tmp_path):
     ({"monitoring_retention": "two weeks"}, {}, ["monitoring_retention ('two weeks') a Prometheus duration"]),
     ({"monitoring_alertmanager_receivers": [{"webhook_configs": []}]}, {},
      ["monitoring_alertmanager_receivers is Alertmanager's list of receivers, each a mapping with a name"]),
+    ({"celery_app_beat_heartbeat_queue": "celery;rm"}, {}, ["celery_app_beat_heartbeat_queue ('celery;rm') a queue name"]),
     # No password, or a placeholder.
     ({"monitoring_password": ""}, {}, ["monitoring_password is empty on bad-input-flower"]),
     ({"monitoring_password": "change-me"}, {}, ["monitoring_password is not of its form"]),
