@@ -77,6 +77,10 @@ def test_every_listener_binds_its_host_address():
             bound = [a for a in local if a.rsplit(":", 1)[1] == port]
             assert bound == ["%s:%s" % (address(name), port)], (name, port, local)
         assert not [a for a in local if a.endswith(":9094")], (name, local)
+        # Never, not even as its package was installed (packages_start: false): the node
+        # exporter logs each address it listens on.
+        log = host_of(name).check_output("journalctl -u prometheus-node-exporter --no-pager -o cat | grep -i listening || true")
+        assert log and "[::]:9100" not in log and "0.0.0.0:9100" not in log, (name, log)
 
 
 def test_every_prometheus_target_is_up():
