@@ -4,9 +4,8 @@
 def monitoring_target(hostvars):
     """{"host": inventory name, "address": where its exporters listen} for one host's hostvars."""
     name = hostvars["inventory_hostname"]
-    address = hostvars.get("monitoring_node_exporter_address")
-    if not address or "{{" in str(address):
-        address = ((hostvars.get("ansible_facts") or {}).get("default_ipv4") or {}).get("address") or name
+    address = (hostvars.get("monitoring_node_exporter_address")
+               or ((hostvars.get("ansible_facts") or {}).get("default_ipv4") or {}).get("address") or name)
     return {"host": name, "address": address}
 
 
