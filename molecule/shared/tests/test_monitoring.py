@@ -202,9 +202,12 @@ def test_prometheus_graph_of_queue_depth_during_a_burst():
                                           viewport={"width": 1400, "height": 900})
             page = context.new_page()
             page.goto(url, wait_until="networkidle")
-            # The classic UI's graph is an SVG drawn by Rickshaw.
+            # The classic UI's graph is an SVG drawn by Rickshaw; the page holds hidden paths
+            # (icons) too, so wait for one that is drawn with a size.
             try:
-                page.wait_for_selector("svg path", timeout=30000)
+                page.wait_for_function(
+                    "() => Array.from(document.querySelectorAll('svg path'))"
+                    ".some(p => { const b = p.getBBox(); return b.width > 0 && b.height > 0; })", timeout=30000)
             finally:
                 page.wait_for_timeout(1000)
                 page.screenshot(path=os.path.join(ARTIFACTS, "prometheus-queue-depth.png"), full_page=True)
