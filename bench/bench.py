@@ -119,6 +119,7 @@ def write_inventory(workers, broker="redis", concurrency=None):
         group_vars = yaml.safe_load(f)
     # The controller's built releases are the bench's own: a fresh deploy builds its release.
     group_vars.update(celery_broker=broker, redis_broker_password=PASSWORD, rabbitmq_broker_password=PASSWORD,
+                      redis_broker_kit_password=PASSWORD + "-kit", redis_broker_exporter_password=PASSWORD + "-exporter",
                       celery_app_build_dir=os.path.join(OUT, "releases"))
     with open(os.path.join(INVENTORY, "group_vars", "all", "main.yml"), "w") as f:
         yaml.safe_dump(group_vars, f)

@@ -91,7 +91,9 @@ def main():
     args = parser.parse_args()
     workers = ["celery-rst-worker1-d%s" % args.version, "celery-rst-worker2-d%s" % args.version]
     broker = "celery-rst-broker-d%s" % args.version
-    password = sh(broker, "sed -n 's/^requirepass \"\\(.*\\)\"$/\\1/p' /etc/redis/redis.conf").stdout.strip()
+    # The app user's password: in the Redis URL of the workers' settings.
+    password = sh(workers[0], "sed -n 's|^broker_url = \"redis://celery:\\([^@]*\\)@.*|\\1|p' "
+                  "/opt/celery/kit/celery_kit/config.py").stdout.strip()
     loaders = [multiprocessing.Process(target=busy, args=(24 * 3600,), daemon=True) for _ in range(args.busy)]
     for p in loaders:
         p.start()
@@ -136,8 +138,8 @@ def main():
                   flush=True)
             if missing or never:
                 lost_runs += 1
-                unacked = sh(broker, "REDISCLI_AUTH='%s' redis-cli hgetall unacked" % password.replace("'", "'\\''")).stdout
-                queued = sh(broker, "REDISCLI_AUTH='%s' redis-cli lrange celery 0 -1" % password.replace("'", "'\\''")).stdout
+                unacked = sh(broker, "REDISCLI_AUTH='%s' redis-cli --user celery hgetall unacked" % password.replace("'", "'\\''")).stdout
+                queued = sh(broker, "REDISCLI_AUTH='%s' redis-cli --user celery lrange celery 0 -1" % password.replace("'", "'\\''")).stdout
                 for n, task_id in list(missing.items())[:3]:
                     print("  task %s (%s): queued %s, unacknowledged %s"
                           % (n, task_id, task_id in queued, task_id in unacked), flush=True)

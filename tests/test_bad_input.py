@@ -29,6 +29,8 @@ GOOD = {
     "celery_broker": "redis",
     "vault_redis_broker_password": "not-a-real-password-123",
     "redis_broker_password": "{{ vault_redis_broker_password }}",
+    "redis_broker_kit_password": "not-a-real-kit-password-123",
+    "redis_broker_exporter_password": "not-a-real-exporter-password-123",
 }
 
 
@@ -468,6 +470,36 @@ def test_templated_values_pass_preflight(tmp_path):
 def test_bad_redis_values(tmp_path, values, words):
     rc, out = run_site(tmp_path, host_vars={BROKER: values})
     assert_stopped_in_preflight(rc, out, *words)
+
+
+# Redis's users (ACL): names Redis would split into rules, missing or shared passwords, and
+# Redis URLs that log in as the default user, which the kit's Redis does not have.
+@pytest.mark.parametrize("values, words", [
+    ({"redis_broker_user": "celery app"}, ["redis_broker_user ('celery app')", "Redis reads a space"]),
+    ({"redis_broker_kit_user": ">secret"}, ["redis_broker_kit_user ('>secret')", "three different names"]),
+    ({"redis_broker_exporter_user": "~keys"}, ["redis_broker_exporter_user ('~keys')"]),
+    ({"redis_broker_kit_user": "celery"}, ["must be three different names"]),
+    ({"redis_broker_user": "default"}, ["none of them 'default'"]),
+    ({"redis_broker_kit_password": ""}, ["redis_broker_kit_password is empty or the app's password"]),
+    ({"redis_broker_kit_password": "{{ vault_redis_broker_password }}"},
+     ["redis_broker_kit_password is empty or the app's password"]),
+    ({"redis_broker_password_previous": "old pass"}, ["redis_broker_password_previous: a password holds a space"]),
+    ({"redis_broker_user_keys": "reports"}, ["redis_broker_user_keys is reports: give a list of key patterns"]),
+    ({"redis_broker_user_keys": ["reports", "a b"]}, ["redis_broker_user_keys is ['reports', 'a b']"]),
+    ({"celery_result_backend": "redis://:not-a-real-password-123@10.0.0.9:6379/1"},
+     ["A Redis URL of redis://:********@10.0.0.9:6379/1 has a password but no user name", "redis://celery:PASSWORD@"]),
+    ({"celery_broker_url": "amqp://celery:pw@10.0.0.9:5672/celery"},
+     ["celery_broker_url does not start with rediss?://, but celery_broker is redis"]),
+], ids=lambda v: json.dumps(v)[:60] if isinstance(v, dict) else None)
+def test_bad_redis_users(tmp_path, values, words):
+    rc, out = run_site(tmp_path, all_vars=values)
+    assert_stopped_in_preflight(rc, out, *words)
+    assert "not-a-real-password-123" not in out
+
+
+def test_the_exporter_user_needs_a_password_with_a_monitoring_host(tmp_path):
+    rc, out = run_site(tmp_path, all_vars=dict(MONITORING, redis_broker_exporter_password=""), groups=MONITORING_GROUPS)
+    assert_stopped_in_preflight(rc, out, "redis_broker_exporter_password is empty or another user's")
 
 
 # --- the app's source, its environment and its settings (celery_app) -------------------------

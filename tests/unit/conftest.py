@@ -32,3 +32,8 @@ def app():
 @pytest.fixture(scope="session")
 def root():
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def redis():
+    return load_plugin("redis_broker_filters", "roles/redis_broker/filter_plugins/redis_broker.py")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import broadcast, host_of, hosts_in, kill_9_during_a_task, playbook, run_client
+from conftest import broadcast, host_of, hosts_in, inventory_vars, kill_9_during_a_task, playbook, run_client
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 WORKERS = hosts_in("celery_workers")
@@ -146,7 +146,7 @@ class Load:
         missing = dict(sorted(missing.items(), key=lambda item: int(item[0])))
         lines = ["client: %s" % (report["client_error"] or "returned"),
                  "missing results (%d): %s" % (len(missing), dict(list(missing.items())[:10]))]
-        auth = "REDISCLI_AUTH=\"$(sed -n 's/^requirepass \"\\(.*\\)\"$/\\1/p' /etc/redis/redis.conf)\" redis-cli"
+        auth = "REDISCLI_AUTH=%s redis-cli --user celery" % shlex.quote(inventory_vars(BROKER)["vault_redis_broker_password"])
         broker = host_of(BROKER)
         lines.append(broker.run(
             "%s llen celery; %s llen hipri; %s hlen unacked; %s zcard unacked_index"
