@@ -2,6 +2,7 @@
 no secret reaches a -vvv log, the units score as promised on `systemd-analyze security`, the
 brokers are locked down, and check mode changes nothing."""
 
+import hashlib
 import json
 import os
 import re
@@ -18,8 +19,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")
 ALL = hosts_in("all")
 NODE1, NODE2 = "celery-grd-node1", "celery-grd-node2"
 RESULTS = hosts_in("result_backends")[0]
-SECRETS = ["vault_rabbitmq_broker_password", "vault_redis_results_password", "vault_celery_flower_password",
-           "vault_app_api_key"]
+SECRETS = ["vault_rabbitmq_broker_password", "vault_redis_results_password", "vault_redis_results_kit_password",
+           "vault_celery_flower_password", "vault_app_api_key"]
 # Files the kit writes and the places it installs to: none may change on a refused run.
 WATCHED = "/etc /opt/celery"
 
@@ -140,8 +141,7 @@ SECRET_FILES = [
     (NODE2, "/etc/default/celery-flower", "root", "root"),
     (NODE1, "/etc/celery-kit/environment", "root", "celery"),
     (NODE2, "/etc/celery-kit/environment", "root", "celery"),
-    (RESULTS, "/etc/redis/redis.conf", "redis", "redis"),
-    # Read by systemd for the drop-in that pauses Redis's clients before it stops.
+    # The kit's Redis user, read by systemd for the drop-in that pauses Redis's clients before it stops.
     (RESULTS, "/etc/redis/celery-kit-stop.env", "root", "root"),
 ]
 
@@ -162,6 +162,15 @@ def test_files_holding_secrets_are_0640_or_tighter(name, path, owner, group):
     assert f.mode & 0o137 == 0, oct(f.mode)
     assert any(form in f.content_string for v in secrets().values() for form in written_forms(v)), \
         "expected a secret in %s" % path
+
+
+def test_redis_files_hold_no_password_in_clear():
+    """redis.conf has none, and users.acl only each password's SHA-256."""
+    for path in ("/etc/redis/redis.conf", "/etc/redis/users.acl"):
+        content = host_of(RESULTS).file(path).content_string
+        assert not any(form in content for v in secrets().values() for form in written_forms(v)), path
+    assert hashlib.sha256(secrets()["vault_redis_results_password"].encode()).hexdigest() in \
+        host_of(RESULTS).file("/etc/redis/users.acl").content_string
 
 
 # --- exposure scores ------------------------------------------------------------------------
