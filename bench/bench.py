@@ -117,8 +117,12 @@ def write_inventory(workers, broker="redis", concurrency=None):
     os.makedirs(os.path.join(INVENTORY, "host_vars"))
     with open(os.path.join(ROOT, "inventories", "sandbox", "group_vars", "all", "main.yml")) as f:
         group_vars = yaml.safe_load(f)
-    # The controller's built releases are the bench's own: a fresh deploy builds its release.
+    # Plain TCP to Redis: the sandbox's throwaway certificates are not made here. The
+    # controller's built releases are the bench's own: a fresh deploy builds its release.
+    for name in ("test_ca_dir", "redis_broker_tls_ca"):
+        group_vars.pop(name, None)
     group_vars.update(celery_broker=broker, redis_broker_password=PASSWORD, rabbitmq_broker_password=PASSWORD,
+                      redis_broker_tls=False,
                       redis_broker_kit_password=PASSWORD + "-kit", redis_broker_exporter_password=PASSWORD + "-exporter",
                       celery_app_build_dir=os.path.join(OUT, "releases"))
     with open(os.path.join(INVENTORY, "group_vars", "all", "main.yml"), "w") as f:

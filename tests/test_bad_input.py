@@ -497,6 +497,20 @@ def test_bad_redis_users(tmp_path, values, words):
     assert "not-a-real-password-123" not in out
 
 
+@pytest.mark.parametrize("values, words", [
+    ({"redis_broker_tls": True}, ["redis_broker_tls is on for bad-input-broker, but redis_broker_tls_cert and "
+                                  "redis_broker_tls_key and redis_broker_tls_ca is empty or not PEM"]),
+    ({"redis_broker_tls": True, "redis_broker_tls_cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+      "redis_broker_tls_key": "secret-key", "redis_broker_tls_ca": "-----BEGIN CERTIFICATE-----\nMIIB\n"},
+     ["but redis_broker_tls_key is empty or not PEM"]),
+    ({"redis_broker_tls": "sometimes"}, ["redis_broker_tls"]),
+], ids=["no-certificates", "key-not-pem", "not-a-bool"])
+def test_redis_tls_without_its_certificates(tmp_path, values, words):
+    rc, out = run_site(tmp_path, all_vars=values)
+    assert_stopped_in_preflight(rc, out, *words)
+    assert "secret-key" not in out
+
+
 def test_the_exporter_user_needs_a_password_with_a_monitoring_host(tmp_path):
     rc, out = run_site(tmp_path, all_vars=dict(MONITORING, redis_broker_exporter_password=""), groups=MONITORING_GROUPS)
     assert_stopped_in_preflight(rc, out, "redis_broker_exporter_password is empty or another user's")

@@ -492,6 +492,9 @@ def test_control_playbook():
     while pools() != before:
         assert time.time() < deadline, (before, pools())
         time.sleep(1)
+    # A queue the app's Redis user may not reach is refused before any node is told.
+    proc = playbook("playbooks/control.yml", "-e", "celery_control=add_consumer", "-e", "celery_control_queue=undeclared")
+    assert proc.returncode != 0 and "may not reach queue 'undeclared'" in proc.stdout, proc.stdout[-3000:]
     control("-e", "celery_control=add_consumer", "-e", "celery_control_queue=extra")
     queues = inspect("active_queues")
     assert all("extra" in [q["name"] for q in v] for v in queues.values()), queues

@@ -142,7 +142,8 @@ def test_every_host_runs_the_same_whole_release():
 # --- behaviour: tasks through the deployed broker ----------------------------------------
 
 def test_app_uses_the_chosen_broker():
-    scheme = {"redis": "redis://", "rabbitmq": "amqp://"}[BROKER]
+    tls = inventory_vars(hosts_in("brokers")[0]).get("redis_broker_tls")
+    scheme = {"redis": "rediss://" if tls else "redis://", "rabbitmq": "amqp://"}[BROKER]
     for name in WORKERS + BEAT:
         config = host_of(name).file("/opt/celery/kit/celery_kit/config.py").content_string
         assert 'broker_url = "%s' % scheme in config, name
