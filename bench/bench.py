@@ -1,6 +1,6 @@
 """The kit's benchmark: how long deploys take and how fast the deployed cluster runs tasks.
 
-    ./kit bench [--runs N] [--only a,b,c,d,e,f,g] [--sizes 1,2,4,8] [--tasks 5000] [--f-runs 7] [--publish]
+    ./kit bench [--runs N] [--only a,b,c,d,e,f,g,h] [--sizes 1,2,4,8] [--tasks 5000] [--f-runs 7] [--publish]
 
 Hosts are local containers like the sandbox's (same image and container settings, names
 celery-bench-*, network celery-bench): a broker, N worker hosts and a beat host, deployed
@@ -20,6 +20,9 @@ host). The four-host cluster (N = 2) is the one the floor script installs by han
   (g) a new release: site.yml after a change of the app's code (a copy of the sample with one
       more module), from the edit until every node of the four hosts serves it (the rolling
       restart's health checks passed and every host's `current` names the new release)
+  (h) throughput through Redis with TLS (redis_broker_tls, a throwaway CA from
+      playbooks/test-ca.yml) against plain TCP: (f)'s run with the kit's settings, --f-runs times
+      each, on the four-host cluster
 
 Each figure is the median of --runs runs (--f-runs for (f), whose runs are short), with min
 and max; (f) also gives the ratio run by run. A second table gives the CPU seconds of each
@@ -108,21 +111,28 @@ def create(hosts):
             time.sleep(0.5)
 
 
-def write_inventory(workers, broker="redis", concurrency=None):
+def write_inventory(workers, broker="redis", concurrency=None, tls_dir=None):
     """The sandbox's group_vars (connection, CA certificates, beat schedule) with this bench's
-    hosts and passwords; concurrency: {host: n} written as host_vars."""
+    hosts and passwords; concurrency: {host: n} written as host_vars; tls_dir: Redis with TLS,
+    with the certificates playbooks/test-ca.yml made there."""
     n = names(workers)
     shutil.rmtree(INVENTORY, ignore_errors=True)
     os.makedirs(os.path.join(INVENTORY, "group_vars", "all"))
     os.makedirs(os.path.join(INVENTORY, "host_vars"))
     with open(os.path.join(ROOT, "inventories", "sandbox", "group_vars", "all", "main.yml")) as f:
         group_vars = yaml.safe_load(f)
-    # Plain TCP to Redis: the sandbox's throwaway certificates are not made here. The
-    # controller's built releases are the bench's own: a fresh deploy builds its release.
+    # Plain TCP to Redis unless tls_dir. The controller's built releases are the bench's own: a
+    # fresh deploy builds its release.
     for name in ("test_ca_dir", "redis_broker_tls_ca"):
         group_vars.pop(name, None)
+    if tls_dir:
+        group_vars.update(test_ca_dir=tls_dir, redis_broker_tls_ca="{{ lookup('file', test_ca_dir ~ '/ca.crt') }}")
+        os.makedirs(os.path.join(INVENTORY, "group_vars", "brokers"))
+        with open(os.path.join(INVENTORY, "group_vars", "brokers", "main.yml"), "w") as f:
+            yaml.safe_dump({"redis_broker_tls_cert": "{{ lookup('file', test_ca_dir ~ '/' ~ inventory_hostname ~ '.crt') }}",
+                            "redis_broker_tls_key": "{{ lookup('file', test_ca_dir ~ '/' ~ inventory_hostname ~ '.key') }}"}, f)
     group_vars.update(celery_broker=broker, redis_broker_password=PASSWORD, rabbitmq_broker_password=PASSWORD,
-                      redis_broker_tls=False,
+                      redis_broker_tls=bool(tls_dir),
                       redis_broker_kit_password=PASSWORD + "-kit", redis_broker_exporter_password=PASSWORD + "-exporter",
                       celery_app_build_dir=os.path.join(OUT, "releases"))
     with open(os.path.join(INVENTORY, "group_vars", "all", "main.yml"), "w") as f:
@@ -363,7 +373,7 @@ def summary(values):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--only", default="a,b,c,d,e,f,g")
+    p.add_argument("--only", default="a,b,c,d,e,f,g,h")
     p.add_argument("--sizes", default="1,2,4,8")
     p.add_argument("--tasks", type=int, default=5000)
     p.add_argument("--f-runs", type=int, default=7,
@@ -393,7 +403,7 @@ def main():
                 floor_sizes.add(big)
         # Fresh deploys; the four-host size comes last, so that its cluster stays up for (c), (d), (f).
         sizes = [int(s) for s in args.sizes.split(",")] if "e" in only else []
-        sizes = [s for s in sizes if s != 2] + ([2] if only & {"a", "c", "d", "e", "f", "g"} else [])
+        sizes = [s for s in sizes if s != 2] + ([2] if only & {"a", "c", "d", "e", "f", "g", "h"} else [])
         deployed = set(sizes)
         sizes = sorted(floor_sizes - deployed) + sizes
         deploys, floors, n2 = {}, {}, None
@@ -444,6 +454,21 @@ def main():
             res["d"] = summary(values)
         if "g" in only:
             res["g"] = summary([new_release(n2, i) for i in range(args.runs)])
+        if "h" in only:
+            values = {"plain": [], "tls": []}
+            for mode in ("plain", "tls"):
+                if mode == "tls":
+                    tls_dir = os.path.join(OUT, "tls")
+                    shutil.rmtree(tls_dir, ignore_errors=True)
+                    playbook("playbooks/test-ca.yml", "-e", "test_ca_dir=%s" % tls_dir)
+                    write_inventory(2, tls_dir=tls_dir)
+                    log("(h) Redis with TLS: %.1f s for site.yml" % playbook("site.yml"))
+                for i in range(args.f_runs):
+                    values[mode].append(throughput(n2, args.tasks, "kit"))
+                    log("(h) Redis, %s, run %d: %.0f tasks/s" % (mode, i + 1, values[mode][-1]))
+            res["h"] = {mode: summary(v) for mode, v in values.items()}
+            write_inventory(2)
+            playbook("site.yml")
         if "f" in only:
             for broker in ("redis", "rabbitmq"):
                 if broker == "rabbitmq":
@@ -546,6 +571,11 @@ def report(res):
         if "pairs" in modes:
             p = modes["pairs"]
             lines.append("| (f) %s kit / defaults, run by run | %.2f | %.2f | %.2f | |" % (broker, p["median"], p["min"], p["max"]))
+    if "h" in res:
+        for mode in ("plain", "tls"):
+            lines.append(row("(h) Redis %s: tasks/s, %d no-op tasks" % ("with TLS" if mode == "tls" else "plain TCP", res["tasks"]),
+                             res["h"][mode], unit="tasks/s"))
+        lines.append("| (h) TLS / plain | %.2f | | | reported |" % (res["h"]["tls"]["median"] / res["h"]["plain"]["median"]))
     if "cpu_e" in res or "cpu_b" in res:
         lines += ["", "CPU seconds used (medians): the whole machine, the hosts (containers) and the controller "
                   "(ansible-playbook or floor.sh, docker, dockerd); with %d CPUs, a run takes at least its CPU "

@@ -5,6 +5,7 @@ own Redis transport), the failure cases (kill -9 of a worker's main process, a h
 the kit's experimental transport against kombu's own."""
 
 import collections
+import json
 import os
 import shlex
 import subprocess
@@ -274,7 +275,7 @@ def test_restart_brokers_playbook_under_load_loses_none_and_runs_none_twice():
 # where the message is once Redis is back. stop_with_a_take_in_flight() stops a consumer as a
 # warm shutdown does, with a BRPOP in flight, and reports the queue's order after.
 GAP_CLIENT = r"""
-import contextlib, json, time, uuid
+import contextlib, json, time, urllib.parse, uuid
 import redis
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from celery.worker import state as worker_state
@@ -289,6 +290,13 @@ def back(client):
     raise SystemExit("Redis did not come back within 30 s")
 
 def shut_down(client):
+    # The app's Redis user may not run SHUTDOWN: the kit's user lets it, until Redis restarts
+    # and reads its users again.
+    login = json.loads(KIT_LOGIN)
+    url = urllib.parse.urlsplit(app.conf.broker_url)
+    kit = redis.Redis.from_url(url._replace(netloc="%s:%s@%s:%s" % (
+        login[0], urllib.parse.quote(login[1], safe=""), url.hostname, url.port)).geturl())
+    kit.execute_command("ACL", "SETUSER", urllib.parse.unquote(url.username), "+shutdown")
     try:
         client.shutdown()
     except redis.exceptions.ConnectionError:
@@ -418,7 +426,8 @@ def test_a_task_held_as_redis_restarts_is_kept():
     through the kit's transport; kombu requeues it at the back, behind everything queued since.
     Kombu's results show the test hits each gap: should they change, kombu has closed a gap and
     the kit's transport can go."""
-    out = run_client(host_of(WORKERS[0]), GAP_CLIENT, timeout=180)
+    login = json.dumps(["celery-kit", inventory_vars(BROKER)["vault_redis_broker_kit_password"]])
+    out = run_client(host_of(WORKERS[0]), GAP_CLIENT.replace("KIT_LOGIN", repr(login)), timeout=180)
     assert out["kit"] == {"taken": True, "error": None, "queued": 0, "unacked": 1,
                           "unacked_after_ack": 0}, out
     assert out["kombu"]["taken"] is False and out["kombu"]["queued"] == 0 \
@@ -561,6 +570,34 @@ def expect_watchdog_restart(make_stuck, reason, first):
     assert changed == ["%s/%s" % (WORKERS[0], unit)], changed
     report = send(first, 20, 0)
     assert report["ok"], explained(report)
+
+
+def test_new_redis_passwords_need_no_redis_restart_and_lose_no_task():
+    """site.yml with a new app password (the old one kept in redis_broker_password_previous, as
+    for producers outside the kit) and a new kit password, under load: Redis keeps its process
+    (the users change through ACL SETUSER), the nodes restart onto the new password, and no task
+    is lost; the load's client logs in with the old password throughout. Then back again."""
+    clear_records()
+    broker = host_of(BROKER)
+    pid = broker.run("systemctl show -p MainPID --value redis-server").stdout.strip()
+    old = inventory_vars(BROKER)["vault_redis_broker_password"]
+    load = Load(0, 600, 0.1)
+    time.sleep(3)  # tasks are in flight
+    started = time.time()
+    try:
+        proc = playbook("site.yml", "-e", "vault_redis_broker_password=rotated-Redis-pass-0123456789",
+                        "-e", "redis_broker_password_previous=%s" % old,
+                        "-e", "vault_redis_broker_kit_password=rotated-Redis-kit-0123456789")
+        seconds = time.time() - started
+        report = load.wait()
+    finally:
+        back = playbook("site.yml")
+    print("site.yml with new passwords took %.1f s; %d of 600 tasks ran more than once"
+          % (seconds, len(report["twice"])))
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert report["ok"], explained(report)
+    assert back.returncode == 0, back.stdout[-4000:]
+    assert broker.run("systemctl show -p MainPID --value redis-server").stdout.strip() == pid
 
 
 def test_the_watchdog_restarts_a_node_that_stopped_consuming():
