@@ -81,7 +81,7 @@ def test_redis_app_user_may_not_administer_redis(name):
 
 
 @pytest.mark.parametrize("name", BROKERS)
-def test_redis_default_user_is_off(name):
+def test_nobody_can_log_in_as_the_default_user(name):
     out = host_of(name).run("REDISCLI_AUTH=anything redis-cli %s--user default -h 127.0.0.1 PING" % CLI_TLS)
     assert "WRONGPASS" in out.stdout + out.stderr
 
