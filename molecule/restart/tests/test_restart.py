@@ -4,17 +4,16 @@ fail, and the journal must show no SIGKILL. Then playbooks/restart-brokers.yml u
 own Redis transport), the failure cases (kill -9 of a worker's main process, a host restart), and
 the kit's experimental transport against kombu's own."""
 
-import collections
 import json
 import os
 import shlex
 import subprocess
-import threading
 import time
 
 import pytest
 
 from conftest import broadcast, host_of, hosts_in, inventory_vars, kill_9_during_a_task, playbook, run_client
+from load import Load, clear_records, explained, records, send
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 WORKERS = hosts_in("celery_workers")
@@ -31,151 +30,6 @@ def main_pids():
             unit, pid = line.split()
             out["%s/%s" % (name, unit)] = pid
     return out
-
-
-def records():
-    """n -> number of times a task recorded it, over every worker host."""
-    counts = collections.Counter()
-    for name in WORKERS:
-        out = host_of(name).run("cat /var/lib/celery/records/*.log 2>/dev/null")
-        for line in out.stdout.splitlines():
-            counts[int(line.split()[0])] += 1
-    return counts
-
-
-def clear_records():
-    for name in WORKERS:
-        host_of(name).run("rm -f /var/lib/celery/records/*.log")
-
-
-# The client a test sends its load with, run on a worker host as the celery user. It sends
-# record(n) for n in [first, first + count) and collects the results as one ResultSet, the way
-# the README tells clients to wait for many results: AsyncResult.get() in a loop pays up to 1 s
-# for each result that came while it waited on an earlier one (celery/celery#4733), which once
-# took this client past its time limit. The wait is bounded by progress: it ends STALL seconds
-# after the last result came, so one lost result ends it with its number in STALL seconds. A
-# broken connection to Redis (a broker restart) is asked again. It prints the task ids of the
-# results that never came and of the tasks that failed, the waits that ran more than 10 s past
-# their timeout, and how long it waited; while a wait runs long, its stack goes to stderr.
-LOAD_CLIENT = r"""
-import faulthandler, json, sys, time
-import celery.exceptions
-import redis.exceptions
-from celery.result import ResultSet
-from proj.tasks import record
-first, count, seconds, stall = %d, %d, %r, %d
-started = time.time()
-sent = {n: record.delay(n, seconds) for n in range(first, first + count)}
-results = ResultSet(list(sent.values()))
-done, last, overran = 0, time.time(), []
-while True:
-    budget = max(1.0, last + stall - time.time())
-    asked = time.time()
-    faulthandler.dump_traceback_later(budget + 15, repeat=True, file=sys.stderr)
-    try:
-        results.join_native(timeout=budget, propagate=False)
-        break
-    except celery.exceptions.TimeoutError:
-        pass
-    except (redis.exceptions.ConnectionError, ConnectionError):
-        time.sleep(1)  # the broker restarts: ask again
-    finally:
-        faulthandler.cancel_dump_traceback_later()
-        if time.time() - asked > budget + 10:
-            overran.append({"at": time.strftime("%%H:%%M:%%S", time.gmtime(asked)), "timeout": round(budget, 1),
-                            "seconds": round(time.time() - asked, 1)})
-    now = sum(1 for result in sent.values() if result.ready())
-    if now > done:
-        done, last = now, time.time()
-    elif time.time() >= last + stall:
-        break
-missing = {n: result.id for n, result in sent.items() if not result.ready()}
-failed = {n: "%%s: %%r" %% (result.id, result.result) for n, result in sent.items()
-          if n not in missing and result.failed()}
-print(json.dumps({"missing": missing, "failed": failed, "overran": overran,
-                  "seconds": round(time.time() - started, 1)}))
-"""
-
-STALL = 90  # seconds: more than the scenario's visibility timeout (30) and a redelivered task
-
-
-class Load:
-    """One load of record tasks, sent from the first worker host in a thread of its own. When a
-    result is missing or the client fails, explain() tells what became of each missing task."""
-
-    def __init__(self, first, count, seconds):
-        self.first, self.count, self.seconds = first, count, seconds
-        self.outcome, self.error = None, None
-        self.started = time.time()
-        self.thread = threading.Thread(target=self._run)
-        self.thread.start()
-
-    def _run(self):
-        limit = int(self.count * self.seconds) + STALL * 3 + 60
-        try:
-            self.outcome = run_client(host_of(WORKERS[0]), LOAD_CLIENT % (
-                self.first, self.count, self.seconds, STALL), timeout=limit)
-        except AssertionError as exc:  # the client failed or ran out of time
-            self.error = str(exc)
-
-    def wait(self):
-        """Joins the client, then returns the report: task numbers missing (never ran, or ran with
-        no result), failed, and run twice."""
-        self.thread.join()
-        counts = records()
-        numbers = range(self.first, self.first + self.count)
-        missing = (self.outcome or {}).get("missing", {})
-        report = {
-            "client_error": self.error,
-            "never_ran": [n for n in numbers if counts[n] == 0],
-            "ran_without_result": sorted(int(n) for n in missing if counts[int(n)] > 0),
-            "failed": (self.outcome or {}).get("failed", {}),
-            # A wait for results that went on well past its timeout.
-            "overran": (self.outcome or {}).get("overran", []),
-            "twice": [n for n in numbers if counts[n] > 1],
-            "client_seconds": (self.outcome or {}).get("seconds"),
-        }
-        report["ok"] = not (report["client_error"] or report["never_ran"] or report["ran_without_result"]
-                            or report["failed"] or report["overran"])
-        if not report["ok"]:
-            report["explanation"] = self.explain(report, missing)
-        return report
-
-    def explain(self, report, missing):
-        """Where the missing tasks are on the broker (queued, unacknowledged, result stored), the
-        broker's queue lengths, and the workers' Celery log lines since the load started."""
-        missing = dict(sorted(missing.items(), key=lambda item: int(item[0])))
-        lines = ["client: %s" % (report["client_error"] or "returned"),
-                 "missing results (%d): %s" % (len(missing), dict(list(missing.items())[:10]))]
-        auth = "REDISCLI_AUTH=%s redis-cli --user celery" % shlex.quote(inventory_vars(BROKER)["vault_redis_broker_password"])
-        broker = host_of(BROKER)
-        lines.append(broker.run(
-            "%s llen celery; %s llen hipri; %s hlen unacked; %s zcard unacked_index"
-            % (auth, auth, auth, auth)).stdout.replace("\n", " ").join(["broker llen celery, llen hipri, hlen unacked, "
-                                                                          "zcard unacked_index: ", ""]))
-        for n, task_id in list(missing.items())[:10]:
-            where = broker.run(
-                "%s lrange celery 0 -1 | grep -c %s; %s hvals unacked | grep -c %s; %s -n 1 exists celery-task-meta-%s"
-                % (auth, task_id, auth, task_id, auth, task_id)).stdout.split()
-            lines.append("task %s (%s): queued %s, unacknowledged %s, result stored %s"
-                         % (n, task_id, *(where + ["?"] * 3)[:3]))
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.started - 5))
-        ids = "|".join(list(missing.values())[:10]) or "^$"
-        for name in WORKERS:
-            # Celery's log lines start with "[YYYY-mm-dd HH:MM:SS,ms: LEVEL/..." (UTC on these hosts);
-            # a traceback's lines go with the line before them.
-            out = host_of(name).run(
-                "journalctl --no-pager -o short-precise --since '%s UTC' -u 'celery-worker@*' | tail -n 40; "
-                "cat /var/log/celery/*.log | awk -v since='[%s' '/^\\[/ {keep = ($0 >= since)} keep' "
-                "| grep -E '%s|WARNING|ERROR|CRITICAL|^ ' | tail -n 60" % (since, since, ids))
-            lines.append("== %s: journal since %s UTC, then its Celery log (missing ids, warnings, errors)\n%s"
-                         % (name, since, out.stdout))
-        return "\n".join(lines)
-
-
-def send(first, count, seconds):
-    """Sends a load and waits for it; returns the report (Load.wait)."""
-    return Load(first, count, seconds).wait()
 
 
 def test_rolling_restart_under_load_loses_no_task():
@@ -196,12 +50,6 @@ def test_rolling_restart_under_load_loses_no_task():
     for name in WORKERS:
         journal = host_of(name).run("journalctl --no-pager -u 'celery-worker@*' | grep -c SIGKILL").stdout.strip()
         assert journal == "0", "SIGKILL in %s's journal" % name
-
-
-def explained(report):
-    """A failed load's report, its explanation last."""
-    return "\n".join(["%s: %s" % (k, str(v)[:400]) for k, v in report.items() if k != "explanation"]
-                     + [report.get("explanation", "")])
 
 
 def test_restart_order_and_health_checks():
