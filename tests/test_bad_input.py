@@ -511,6 +511,34 @@ def test_redis_tls_without_its_certificates(tmp_path, values, words):
     assert "secret-key" not in out
 
 
+SENTINEL = {"redis_broker_sentinel": True, "redis_broker_replication_password": "replication-Pass-0123"}
+THREE_BROKERS = {"brokers": ["bad-input-broker", "bad-input-broker2", "bad-input-broker3"],
+                 "celery_workers": ["bad-input-worker1"], "celery_beat": ["bad-input-beat"]}
+
+
+@pytest.mark.parametrize("values, groups, words", [
+    ({}, None, ["redis_broker_sentinel is on, but the brokers group has 1 host(s)", "three or more"]),
+    ({"redis_broker_sentinel_quorum": 1}, THREE_BROKERS, ["a majority of the 3 brokers, from 2 to 3"]),
+    ({"redis_broker_min_replicas_to_write": 3}, THREE_BROKERS, ["redis_broker_min_replicas_to_write (3) from 0 to 2"]),
+    ({"redis_broker_replication_password": ""}, THREE_BROKERS, ["redis_broker_replication_password is empty"]),
+    ({"redis_broker_replication_user": "celery"}, THREE_BROKERS, ["must be four different names"]),
+    ({"celery_app_redis_unacked_retry": 30}, THREE_BROKERS, ["cannot follow a failover"]),
+    ({"celery_broker_url": "redis://celery:pass@10.0.0.1:6379/0"}, THREE_BROKERS,
+     ["celery_broker_url does not start with sentinel://"]),
+], ids=["one-host", "quorum-not-a-majority", "more-replicas-than-hosts", "no-replication-password",
+        "replication-user-is-the-app-user", "kit-transport", "url-not-sentinel"])
+def test_redis_sentinel_settings_that_cannot_work(tmp_path, values, groups, words):
+    rc, out = run_site(tmp_path, all_vars=dict(SENTINEL, **values), groups=groups)
+    assert_stopped_in_preflight(rc, out, *words)
+
+
+def test_redis_sentinel_set_for_the_brokers_only(tmp_path):
+    """Clients would not know to ask the sentinels: redis_broker_sentinel belongs in group_vars/all."""
+    rc, out = run_site(tmp_path, groups=THREE_BROKERS, all_vars={"redis_broker_replication_password": "replication-Pass-0123"},
+                       host_vars={h: {"redis_broker_sentinel": True} for h in THREE_BROKERS["brokers"]})
+    assert_stopped_in_preflight(rc, out, "but not for the Celery hosts: set it in group_vars/all")
+
+
 def test_the_exporter_user_needs_a_password_with_a_monitoring_host(tmp_path):
     rc, out = run_site(tmp_path, all_vars=dict(MONITORING, redis_broker_exporter_password=""), groups=MONITORING_GROUPS)
     assert_stopped_in_preflight(rc, out, "redis_broker_exporter_password is empty or another user's")
