@@ -1,6 +1,6 @@
 """The kit's benchmark: how long deploys take and how fast the deployed cluster runs tasks.
 
-    ./kit bench [--runs N] [--only a,b,c,d,e,f,g,h] [--sizes 1,2,4,8] [--tasks 5000] [--f-runs 7] [--publish]
+    ./kit bench [--runs N] [--only a,b,c,d,e,f,g,h,i] [--sizes 1,2,4,8] [--tasks 5000] [--f-runs 7] [--publish]
 
 Hosts are local containers like the sandbox's (same image and container settings, names
 celery-bench-*, network celery-bench): a broker, N worker hosts and a beat host, deployed
@@ -23,6 +23,11 @@ host). The four-host cluster (N = 2) is the one the floor script installs by han
   (h) throughput through Redis with TLS (redis_broker_tls, a throwaway CA from
       playbooks/test-ca.yml) against plain TCP: (f)'s run with the kit's settings, --f-runs times
       each, on the four-host cluster
+  (i) Redis Sentinel failover, on the hosts of molecule/redis-sentinel (three brokers with TLS
+      and ACL users, a worker host with beat; Molecule creates and removes them): with 1,000
+      tasks of 0.1 s in flight, the master's container is killed (docker kill); the seconds
+      until the sentinels promoted a replica and until tasks flowed again, and the tasks lost,
+      failed and run twice, --runs times (each run kills the master of that moment)
 
 Each figure is the median of --runs runs (--f-runs for (f), whose runs are short), with min
 and max; (f) also gives the ratio run by run. A second table gives the CPU seconds of each
@@ -373,7 +378,7 @@ def summary(values):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--only", default="a,b,c,d,e,f,g,h")
+    p.add_argument("--only", default="a,b,c,d,e,f,g,h,i")
     p.add_argument("--sizes", default="1,2,4,8")
     p.add_argument("--tasks", type=int, default=5000)
     p.add_argument("--f-runs", type=int, default=7,
@@ -490,6 +495,8 @@ def main():
             res["f_runs"] = args.f_runs
     finally:
         destroy()
+    if "i" in only:
+        res["i"] = sentinel_failover(args.runs)
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
     table = report(res)
@@ -501,6 +508,34 @@ def main():
         log("plot: %s" % os.path.join(OUT, "bench.png"))
     if args.publish:
         publish(res, table, " ".join(sys.argv[1:]))
+
+
+def sentinel_failover(runs):
+    """(i): the redis-sentinel scenario's hosts, converged once, then its master-loss test
+    --runs times; each run's numbers from the report the test writes (FAILOVER_REPORT)."""
+    report_file = os.path.join(OUT, "failover.json")
+    env = dict(os.environ, MOLECULE_DEBIAN_VERSION="12", ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
+               PYTEST_ADDOPTS="-k master_is_lost", FAILOVER_REPORT=report_file)
+    keys = ("promoted", "stopped", "lost", "failed", "twice")
+    found = {k: [] for k in keys}
+    try:
+        for step in ("destroy", "create", "converge"):
+            log("(i) molecule %s -s redis-sentinel" % step)
+            run(["molecule", step, "-s", "redis-sentinel"], cwd=ROOT, env=env, capture_output=True)
+        for i in range(runs):
+            if os.path.exists(report_file):
+                os.remove(report_file)
+            proc = run(["molecule", "verify", "-s", "redis-sentinel"], cwd=ROOT, env=env, capture_output=True, check=False)
+            if not os.path.exists(report_file):
+                raise SystemExit("bench: (i) run %d wrote no report:\n%s" % (i + 1, (proc.stdout + proc.stderr)[-3000:]))
+            with open(report_file) as f:
+                numbers = json.load(f)
+            for key in keys:
+                found[key].append(numbers[key])
+            log("(i) run %d: %s" % (i + 1, numbers))
+    finally:
+        run(["molecule", "destroy", "-s", "redis-sentinel"], cwd=ROOT, env=env, capture_output=True, check=False)
+    return {k: summary(v) for k, v in found.items()}
 
 
 def publish(res, table, argv):
@@ -580,6 +615,12 @@ def report(res):
             lines.append(row("(h) Redis %s: tasks/s, %d no-op tasks" % ("with TLS" if mode == "tls" else "plain TCP", res["tasks"]),
                              res["h"][mode], unit="tasks/s"))
         lines.append("| (h) TLS / plain | %.2f | | | reported |" % (res["h"]["tls"]["median"] / res["h"]["plain"]["median"]))
+    if "i" in res:
+        lines.append(row("(i) Sentinel: s from the master's loss to a promoted replica", res["i"]["promoted"]))
+        lines.append(row("(i) Sentinel: s tasks stopped flowing", res["i"]["stopped"]))
+        for key in ("lost", "failed", "twice"):
+            lines.append(row("(i) Sentinel: tasks %s, of 1,000" % ("run twice" if key == "twice" else key),
+                             res["i"][key], unit="tasks"))
     if "cpu_e" in res or "cpu_b" in res:
         lines += ["", "CPU seconds used (medians): the whole machine, the hosts (containers) and the controller "
                   "(ansible-playbook or floor.sh, docker, dockerd); with %d CPUs, a run takes at least its CPU "
