@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import host_of, hosts_in, inventory_vars, playbook, run_client
-from load import WORKERS, Load, clear_records, explained
+from load import WORKERS, Load, clear_records, explained, restart_brokers_under_load
 from test_redis import *  # noqa: F401,F403  the shared Redis checks, on each broker
 
 BROKERS = hosts_in("brokers")
@@ -184,22 +184,10 @@ def test_the_master_is_lost_under_load_and_a_replica_takes_over():
 
 
 def test_restart_brokers_playbook_restarts_replicas_then_the_master():
-    """playbooks/restart-brokers.yml under load: the replicas restart first, then the master hands
-    its role over and restarts; every task completes, once."""
+    """playbooks/restart-brokers.yml under load (load.py): the replicas restart first, then the
+    master hands its role over and restarts; every task completes, once."""
     master = wait_healthy()
-    clear_records()
-    load = Load(20000, 200, 0.5)
-    time.sleep(3)
-    started = time.time()
-    proc = playbook("playbooks/restart-brokers.yml")
-    seconds = time.time() - started
-    report = load.wait()
-    print("restart-brokers.yml with Sentinel took %.1f s; %d of 200 tasks ran twice; the client waited %s s"
-          % (seconds, len(report["twice"]), report["client_seconds"]))
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert report["ok"], explained(report)
-    assert report["twice"] == [], explained(report)
-    # The master restarted last, after handing its role to a replica.
+    proc = restart_brokers_under_load("with Sentinel")
     assert "Have the sentinels promote a replica" in proc.stdout
     assert wait_healthy() != master
 

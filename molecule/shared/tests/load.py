@@ -7,7 +7,7 @@ import shlex
 import threading
 import time
 
-from kit_verify import host_of, hosts_in, inventory_vars, run_client
+from kit_verify import host_of, hosts_in, inventory_vars, playbook, run_client
 
 WORKERS = hosts_in("celery_workers")
 BROKER = hosts_in("brokers")[0]
@@ -165,3 +165,22 @@ def explained(report):
     """A failed load's report, its explanation last."""
     return "\n".join(["%s: %s" % (k, str(v)[:400]) for k, v in report.items() if k != "explanation"]
                      + [report.get("explanation", "")])
+
+
+def restart_brokers_under_load(what):
+    """playbooks/restart-brokers.yml while 200 tasks of 0.5 s are in flight (numbers of their own:
+    a task of an earlier test that Redis hands out again after the visibility timeout must not
+    count here): every task completes, once. Prints the time it took; returns its output."""
+    clear_records()
+    load = Load(20000, 200, 0.5)
+    time.sleep(3)
+    started = time.time()
+    proc = playbook("playbooks/restart-brokers.yml")
+    seconds = time.time() - started
+    report = load.wait()
+    print("restart-brokers.yml %s took %.1f s; %d of 200 tasks ran more than once; client waited %s s"
+          % (what, seconds, len(report["twice"]), report["client_seconds"]))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert report["ok"], explained(report)
+    assert report["twice"] == [], explained(report)
+    return proc
