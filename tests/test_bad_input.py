@@ -476,9 +476,9 @@ def test_bad_redis_values(tmp_path, values, words):
 # Redis URLs that log in as the default user, which the kit's Redis does not have.
 @pytest.mark.parametrize("values, words", [
     ({"redis_broker_user": "celery app"}, ["redis_broker_user ('celery app')", "Redis reads a space"]),
-    ({"redis_broker_kit_user": ">secret"}, ["redis_broker_kit_user ('>secret')", "three different names"]),
+    ({"redis_broker_kit_user": ">secret"}, ["redis_broker_kit_user ('>secret')", "four different names"]),
     ({"redis_broker_exporter_user": "~keys"}, ["redis_broker_exporter_user ('~keys')"]),
-    ({"redis_broker_kit_user": "celery"}, ["must be three different names"]),
+    ({"redis_broker_kit_user": "celery"}, ["must be four different names"]),
     ({"redis_broker_user": "default"}, ["none of them 'default'"]),
     ({"redis_broker_kit_password": ""}, ["redis_broker_kit_password is empty or the app's password"]),
     ({"redis_broker_kit_password": "{{ vault_redis_broker_password }}"},
@@ -489,7 +489,7 @@ def test_bad_redis_values(tmp_path, values, words):
     ({"celery_result_backend": "redis://:not-a-real-password-123@10.0.0.9:6379/1"},
      ["A Redis URL of redis://:********@10.0.0.9:6379/1 has a password but no user name", "redis://celery:PASSWORD@"]),
     ({"celery_broker_url": "amqp://celery:pw@10.0.0.9:5672/celery"},
-     ["celery_broker_url does not start with rediss?://, but celery_broker is redis"]),
+     ["celery_broker_url does not start with redis://, rediss:// or sentinel://, but celery_broker is redis"]),
 ], ids=lambda v: json.dumps(v)[:60] if isinstance(v, dict) else None)
 def test_bad_redis_users(tmp_path, values, words):
     rc, out = run_site(tmp_path, all_vars=values)
