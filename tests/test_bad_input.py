@@ -171,6 +171,32 @@ def test_rabbitmq_without_password(tmp_path):
     assert_stopped_in_preflight(rc, out, "is empty", "set rabbitmq_broker_password")
 
 
+TWO_BROKERS = {"brokers": ["bad-input-broker", "bad-input-broker2"], "celery_workers": ["bad-input-worker1"],
+               "celery_beat": ["bad-input-beat"]}
+THREE_RABBITS = dict(TWO_BROKERS, brokers=["bad-input-broker", "bad-input-broker2", "bad-input-broker3"])
+COOKIE = {"rabbitmq_broker_erlang_cookie": "x" * 32}
+NO_RESULTS = {"celery_result_backend": "none"}
+
+
+@pytest.mark.parametrize("values, groups, words", [
+    (dict(NO_RESULTS, rabbitmq_broker_cluster=True, **COOKIE), TWO_BROKERS,
+     ["rabbitmq_broker_cluster is on, but the brokers group has 2 host(s)"]),
+    (NO_RESULTS, THREE_RABBITS, ["rabbitmq_broker_erlang_cookie is empty"]),
+    (dict(NO_RESULTS, rabbitmq_broker_erlang_cookie="short"), THREE_RABBITS, ["not 20 to 255 letters and digits"]),
+    (COOKIE, THREE_RABBITS, ["celery_result_backend is 'broker' (rpc://), but the RabbitMQ brokers form a cluster"]),
+    (dict(COOKIE, celery_result_backend="database"), THREE_RABBITS,
+     ["celery_result_backend is 'database', but the inventory has no host in the databases group"]),
+    (dict(COOKIE, celery_result_backend="none", celery_app_extra_settings={"task_queue_max_priority": 10}),
+     THREE_RABBITS, ["whose queues are quorum queues: celery_app_extra_settings asks for queue priorities"]),
+    (dict(NO_RESULTS, rabbitmq_broker_tls=True, **COOKIE), THREE_RABBITS,
+     ["rabbitmq_broker_tls is on for bad-input-broker, but rabbitmq_broker_tls_cert and rabbitmq_broker_tls_key and "
+      "rabbitmq_broker_tls_ca is empty or not PEM"]),
+], ids=["two-nodes", "no-cookie", "short-cookie", "rpc-results", "database-without-host", "priorities", "tls-without-certificates"])
+def test_rabbitmq_cluster_settings_that_cannot_work(tmp_path, values, groups, words):
+    rc, out = run_site(tmp_path, all_vars=dict(RABBITMQ, **values), groups=groups)
+    assert_stopped_in_preflight(rc, out, *words)
+
+
 @pytest.mark.parametrize("vhost", ["/", "my vhost", "a/b", "q'uote", ""])
 def test_rabbitmq_bad_vhost(tmp_path, vhost):
     rc, out = run_site(tmp_path, all_vars=dict(RABBITMQ, rabbitmq_broker_vhost=vhost))

@@ -262,7 +262,7 @@ def test_schedule_uses_nothing(app, entries):
 def test_filters_are_exported(app):
     assert set(app.FilterModule().filters()) == {
         "celery_app_schedule_problems", "celery_app_schedule", "celery_app_schedule_uses",
-        "celery_app_python", "celery_app_setting_problems", "celery_app_env_line", "celery_app_env_problems",
+        "celery_app_python", "celery_app_setting_problems", "celery_app_quorum_problems", "celery_app_env_line", "celery_app_env_problems",
         "celery_app_source_kind", "celery_app_source_problems", "celery_app_release_id", "celery_app_platform"}
 
 
@@ -283,6 +283,26 @@ def test_yaml_booleans_are_python_booleans(app):
 def test_a_setting_with_no_python_literal_is_named(app, value):
     problems = app.celery_app_setting_problems({"fine": 1, "broker_transport_options": {"x": [value]}})
     assert len(problems) == 1 and problems[0].startswith("celery_app_extra_settings.broker_transport_options['x'][0]")
+
+
+# --- celery_app_quorum_problems (celery_app_extra_settings with a RabbitMQ cluster) -------------
+
+def test_settings_that_work_with_quorum_queues(app):
+    assert app.celery_app_quorum_problems({"task_track_started": True, "task_default_queue_type": "quorum",
+                                           "broker_transport_options": {"confirm_publish": True, "x": 1}}) == []
+
+
+@pytest.mark.parametrize("settings, word", [
+    ({"task_queue_max_priority": 10}, "priorities"),
+    ({"task_queues": [{"queue_arguments": {"x-max-priority": 5}}]}, "priorities"),
+    ({"task_default_queue_type": "classic"}, "task_default_queue_type is 'classic'"),
+    ({"task_create_missing_queue_type": "classic"}, "task_create_missing_queue_type"),
+    ({"worker_detect_quorum_queues": False}, "global prefetch"),
+    ({"broker_transport_options": {"max_retries": 3}}, "confirm_publish: true"),
+])
+def test_settings_that_quorum_queues_refuse(app, settings, word):
+    problems = app.celery_app_quorum_problems(settings)
+    assert len(problems) == 1 and word in problems[0], problems
 
 
 # --- celery_app_env_problems, celery_app_env_line (celery_app_environment) -----------------------

@@ -209,6 +209,30 @@ def celery_app_setting_problems(settings):
     return problems
 
 
+def celery_app_quorum_problems(settings):
+    """With a RabbitMQ cluster (quorum queues): messages for extra settings that cannot work with
+    them, or undo what the kit sets for them; empty when none does."""
+    if not isinstance(settings, dict):
+        return []
+    problems = []
+    if settings.get("task_queue_max_priority") is not None or "x-max-priority" in json.dumps(settings, default=str):
+        problems.append("celery_app_extra_settings asks for queue priorities (task_queue_max_priority or "
+                        "x-max-priority), which quorum queues refuse: remove it")
+    for name in ("task_default_queue_type", "task_create_missing_queue_type"):
+        if name in settings and settings[name] != "quorum":
+            problems.append("celery_app_extra_settings.%s is %r: the cluster's queues must be quorum queues, or a "
+                            "node's loss loses their tasks; remove it" % (name, settings[name]))
+    if settings.get("worker_detect_quorum_queues", True) is not True:
+        problems.append("celery_app_extra_settings.worker_detect_quorum_queues is off: workers would ask for a "
+                        "global prefetch, which quorum queues refuse; remove it")
+    options = settings.get("broker_transport_options")
+    if options is not None and not (isinstance(options, dict) and options.get("confirm_publish") is True):
+        problems.append("celery_app_extra_settings.broker_transport_options replaces the kit's, without "
+                        "confirm_publish: true, and a task would count as sent before a majority of the nodes "
+                        "holds it; add confirm_publish: true to it")
+    return problems
+
+
 # The environment file (celery_app_environment) is read by systemd (EnvironmentFile=) and by the
 # init.d scripts (sh, `set -a; . FILE`). Each value goes between double quotes with \\, ", $ and `
 # escaped by a backslash, which both read back as the value (checked on Debian 12 and 13's
@@ -356,6 +380,7 @@ class FilterModule:
             "celery_app_schedule_uses": celery_app_schedule_uses,
             "celery_app_python": celery_app_python,
             "celery_app_setting_problems": celery_app_setting_problems,
+            "celery_app_quorum_problems": celery_app_quorum_problems,
             "celery_app_env_line": celery_app_env_line,
             "celery_app_env_problems": celery_app_env_problems,
             "celery_app_source_kind": celery_app_source_kind,

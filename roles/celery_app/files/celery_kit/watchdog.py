@@ -25,8 +25,10 @@ import time
 import uuid
 
 from celery.app.utils import find_app
-from celery.utils.nodenames import host_format, worker_direct
+from celery.utils.nodenames import host_format
 from kombu.exceptions import OperationalError
+
+from celery_kit.quorum import direct_queue
 
 RESTART = 3
 
@@ -36,7 +38,7 @@ def check(app, name, queues, timeout):
     inspect = app.control.inspect(destination=[name], timeout=3)
     if name not in (inspect.ping() or {}):
         return "does not answer ping"
-    direct = worker_direct(name)
+    direct = direct_queue(app, name)
     consumed = {q["name"] for q in (inspect.active_queues() or {}).get(name) or []}
     missing = sorted(set(queues) - consumed)
     if missing:
