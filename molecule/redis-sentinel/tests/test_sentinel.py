@@ -7,13 +7,12 @@ import json
 import os
 import shlex
 import subprocess
-import threading
 import time
 
 import pytest
 
 from conftest import host_of, hosts_in, inventory_vars, playbook, run_client
-from load import WORKERS, Load, clear_records, explained, restart_brokers_under_load
+from load import WORKERS, Load, clear_records, explained, longest_stop, restart_brokers_under_load
 from test_redis import *  # noqa: F401,F403  the shared Redis checks, on each broker
 
 BROKERS = hosts_in("brokers")
@@ -114,36 +113,6 @@ def test_sentinels_speak_tls_only_and_only_to_their_users(name):
     assert host.run(app % "FAILOVER").stdout.startswith("NOPERM")
 
 
-class Flow:
-    """Samples how many tasks have completed on the worker host, every 0.5 s, until stopped:
-    the longest stretch with none completing is how long tasks stopped flowing."""
-
-    def __init__(self):
-        self.samples, self.stopped = [], threading.Event()
-        self.thread = threading.Thread(target=self._run)
-        self.thread.start()
-
-    def _run(self):
-        host = host_of(WORKERS[0])
-        while not self.stopped.is_set():
-            out = host.run("cat /var/lib/celery/records/*.log 2>/dev/null | wc -l")
-            self.samples.append((time.time(), int(out.stdout.strip() or 0)))
-            time.sleep(0.5)
-
-    def longest_stop(self, since):
-        self.stopped.set()
-        self.thread.join()
-        longest, last_change = 0.0, since
-        for (t0, n0), (t1, n1) in zip(self.samples, self.samples[1:]):
-            if n1 > n0:
-                if t1 >= since:
-                    longest = max(longest, t0 - max(last_change, since))
-                last_change = t1
-        if self.samples:  # none completed from the last change to the end
-            longest = max(longest, self.samples[-1][0] - max(last_change, since))
-        return round(longest, 1)
-
-
 def test_the_master_is_lost_under_load_and_a_replica_takes_over():
     """1,000 tasks in flight, then the master's container is killed: the sentinels promote a
     replica, the worker and beat find it on their own, and every task completes. Prints what was
@@ -151,7 +120,7 @@ def test_the_master_is_lost_under_load_and_a_replica_takes_over():
     then the old master comes back as a replica."""
     master = wait_healthy()
     clear_records()
-    load, flow = Load(0, 1000, 0.1), Flow()
+    load = Load(0, 1000, 0.1)
     time.sleep(5)  # tasks flow
     killed = time.time()
     subprocess.run(["docker", "kill", master], check=True, capture_output=True)
@@ -164,7 +133,7 @@ def test_the_master_is_lost_under_load_and_a_replica_takes_over():
             break
         time.sleep(0.5)
     report = load.wait()
-    stopped = flow.longest_stop(killed)
+    stopped = longest_stop(killed)
     lost = report["never_ran"] + report["ran_without_result"]
     print("master %s killed: replica promoted after %s s; tasks stopped flowing for %s s; of 1000 tasks %d lost, "
           "%d failed, %d ran twice; the client waited %s s"

@@ -2,6 +2,7 @@
 of the cluster, and the report of what became of each task (shared by the scenarios that
 restart things under load: restart, redis-sentinel)."""
 
+import calendar
 import collections
 import shlex
 import threading
@@ -34,7 +35,7 @@ def clear_records():
 # record(n) for n in [first, first + count) and collects the results as one ResultSet, the way
 # the README tells clients to wait for many results: AsyncResult.get() in a loop pays up to 1 s
 # for each result that came while it waited on an earlier one (celery/celery#4733), which once
-# took this client past its time limit. The wait is bounded by progress: it ends STALL seconds
+# took this client past its time limit (a database backend has no native join: it is polled). The wait is bounded by progress: it ends STALL seconds
 # after the last result came, so one lost result ends it with its number in STALL seconds. A
 # broken connection to Redis (a broker restart) is asked again. It prints the task ids of the
 # results that never came and of the tasks that failed, the waits that ran more than 10 s past
@@ -42,6 +43,7 @@ def clear_records():
 LOAD_CLIENT = r"""
 import faulthandler, json, sys, time
 import celery.exceptions
+import kombu.exceptions
 import redis.exceptions
 from celery.result import ResultSet
 from proj.tasks import record
@@ -55,11 +57,14 @@ while True:
     asked = time.time()
     faulthandler.dump_traceback_later(budget + 15, repeat=True, file=sys.stderr)
     try:
-        results.join_native(timeout=budget, propagate=False)
+        if results.supports_native_join:
+            results.join_native(timeout=budget, propagate=False)
+        else:  # a database backend: each result is polled
+            results.join(timeout=budget, propagate=False, interval=0.2)
         break
     except celery.exceptions.TimeoutError:
         pass
-    except (redis.exceptions.ConnectionError, ConnectionError):
+    except (redis.exceptions.ConnectionError, ConnectionError, kombu.exceptions.OperationalError):
         time.sleep(1)  # the broker restarts: ask again
     finally:
         faulthandler.cancel_dump_traceback_later()
@@ -129,19 +134,12 @@ class Load:
         missing = dict(sorted(missing.items(), key=lambda item: int(item[0])))
         lines = ["client: %s" % (report["client_error"] or "returned"),
                  "missing results (%d): %s" % (len(missing), dict(list(missing.items())[:10]))]
-        auth = "REDISCLI_AUTH=%s redis-cli %s--user celery" % (
-            shlex.quote(inventory_vars(BROKER)["vault_redis_broker_password"]), CLI_TLS)
         broker = host_of(BROKER)
-        lines.append(broker.run(
-            "%s llen celery; %s llen hipri; %s hlen unacked; %s zcard unacked_index"
-            % (auth, auth, auth, auth)).stdout.replace("\n", " ").join(["broker llen celery, llen hipri, hlen unacked, "
-                                                                          "zcard unacked_index: ", ""]))
-        for n, task_id in list(missing.items())[:10]:
-            where = broker.run(
-                "%s lrange celery 0 -1 | grep -c %s; %s hvals unacked | grep -c %s; %s -n 1 exists celery-task-meta-%s"
-                % (auth, task_id, auth, task_id, auth, task_id)).stdout.split()
-            lines.append("task %s (%s): queued %s, unacknowledged %s, result stored %s"
-                         % (n, task_id, *(where + ["?"] * 3)[:3]))
+        if inventory_vars(BROKER).get("celery_broker") == "rabbitmq":
+            lines.append(broker.run("HOME=/var/lib/rabbitmq PATH=/usr/lib/rabbitmq/bin:$PATH rabbitmqctl list_queues "
+                                    "-p celery name type messages_ready messages_unacknowledged leader").stdout)
+        else:
+            self.explain_redis(broker, lines, missing)
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.started - 5))
         ids = "|".join(list(missing.values())[:10]) or "^$"
         for name in WORKERS:
@@ -154,6 +152,45 @@ class Load:
             lines.append("== %s: journal since %s UTC, then its Celery log (missing ids, warnings, errors)\n%s"
                          % (name, since, out.stdout))
         return "\n".join(lines)
+
+    @staticmethod
+    def explain_redis(broker, lines, missing):
+        """Redis: its queue lengths, and where each of the first 10 missing tasks is."""
+        auth = "REDISCLI_AUTH=%s redis-cli %s--user celery" % (
+            shlex.quote(inventory_vars(BROKER)["vault_redis_broker_password"]), CLI_TLS)
+        lines.append(broker.run(
+            "%s llen celery; %s llen hipri; %s hlen unacked; %s zcard unacked_index"
+            % (auth, auth, auth, auth)).stdout.replace("\n", " ").join(["broker llen celery, llen hipri, hlen unacked, "
+                                                                          "zcard unacked_index: ", ""]))
+        for n, task_id in list(missing.items())[:10]:
+            where = broker.run(
+                "%s lrange celery 0 -1 | grep -c %s; %s hvals unacked | grep -c %s; %s -n 1 exists celery-task-meta-%s"
+                % (auth, task_id, auth, task_id, auth, task_id)).stdout.split()
+            lines.append("task %s (%s): queued %s, unacknowledged %s, result stored %s"
+                         % (n, task_id, *(where + ["?"] * 3)[:3]))
+
+
+def finished_at(name, since):
+    """When each record task that a worker host finished from `since` (a time.time()) on ended:
+    the "succeeded" lines of its Celery logs (INFO, UTC, to the millisecond). Read from the logs,
+    not by sampling the hosts, whose `docker exec` stalls while the engine kills a container."""
+    stamps = []
+    out = host_of(name).run("cat /var/log/celery/*.log | grep -a 'proj.tasks.record.*succeeded in' | cut -c2-24")
+    for line in out.stdout.splitlines():
+        try:
+            stamp = calendar.timegm(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) + int(line[20:23]) / 1000
+        except ValueError:
+            continue
+        if stamp >= since:
+            stamps.append(stamp)
+    return sorted(stamps)
+
+
+def longest_stop(since, hosts=None):
+    """The longest stretch from `since` on in which none of the worker hosts (or of HOSTS)
+    finished a record task: how long tasks stopped flowing."""
+    stamps = sorted(t for name in hosts or WORKERS for t in finished_at(name, since))
+    return round(max((b - a for a, b in zip([since] + stamps, stamps)), default=0.0), 1)
 
 
 def send(first, count, seconds):
