@@ -1,6 +1,6 @@
 """The kit's benchmark: how long deploys take and how fast the deployed cluster runs tasks.
 
-    ./kit bench [--runs N] [--only a,b,c,d,e,f,g,h,i] [--sizes 1,2,4,8] [--tasks 5000] [--f-runs 7] [--publish]
+    ./kit bench [--runs N] [--only a,b,c,d,e,f,g,h,i,j] [--sizes 1,2,4,8] [--tasks 5000] [--f-runs 7] [--publish]
 
 Hosts are local containers like the sandbox's (same image and container settings, names
 celery-bench-*, network celery-bench): a broker, N worker hosts and a beat host, deployed
@@ -28,6 +28,13 @@ host). The four-host cluster (N = 2) is the one the floor script installs by han
       tasks of 0.1 s in flight, the master's container is killed (docker kill); the seconds
       until the sentinels promoted a replica and until tasks flowed again, and the tasks lost,
       failed and run twice, --runs times (each run kills the master of that moment)
+  (j) a RabbitMQ cluster, on the hosts of molecule/rabbitmq-cluster (three nodes over TLS, two
+      worker hosts, results in PostgreSQL): the throughput of 5,000 no-op tasks through the
+      kit's quorum queue with publisher confirms, and through a classic queue (on one node, no
+      confirms: what a single node gave) on the same hosts; then, with 1,000 tasks of 0.2 s in
+      flight, the container of the queue's leader is killed (docker kill, started again
+      60 s later): the seconds tasks stopped flowing (on any worker host, and on the one whose
+      connection was to that node), and the tasks lost, failed and run twice
 
 Each figure is the median of --runs runs (--f-runs for (f), whose runs are short), with min
 and max; (f) also gives the ratio run by run. A second table gives the CPU seconds of each
@@ -378,7 +385,7 @@ def summary(values):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--only", default="a,b,c,d,e,f,g,h,i")
+    p.add_argument("--only", default="a,b,c,d,e,f,g,h,i,j")
     p.add_argument("--sizes", default="1,2,4,8")
     p.add_argument("--tasks", type=int, default=5000)
     p.add_argument("--f-runs", type=int, default=7,
@@ -496,7 +503,12 @@ def main():
     finally:
         destroy()
     if "i" in only:
-        res["i"] = sentinel_failover(args.runs)
+        res["i"] = scenario_runs("i", "redis-sentinel", "master_is_lost", ("promoted", "stopped", "lost", "failed", "twice"),
+                                 args.runs, "FAILOVER_REPORT")
+    if "j" in only:
+        res["j"] = scenario_runs("j", "rabbitmq-cluster", "bench_throughput or (lost_under_load and kill)",
+                                 ("quorum", "classic", "stopped", "host_stopped", "lost", "failed", "twice"), args.runs,
+                                 "CLUSTER_REPORT")
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
     table = report(res)
@@ -510,31 +522,31 @@ def main():
         publish(res, table, " ".join(sys.argv[1:]))
 
 
-def sentinel_failover(runs):
-    """(i): the redis-sentinel scenario's hosts, converged once, then its master-loss test
-    --runs times; each run's numbers from the report the test writes (FAILOVER_REPORT)."""
-    report_file = os.path.join(OUT, "failover.json")
+def scenario_runs(figure, scenario, tests, keys, runs, report_var):
+    """A Molecule scenario's hosts, converged once, then its tests (-k TESTS) --runs times; each
+    run's numbers KEYS from the JSON report the tests write to the file $REPORT_VAR names."""
+    report_file = os.path.join(OUT, "%s.json" % scenario)
     env = dict(os.environ, MOLECULE_DEBIAN_VERSION="12", ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"),
-               PYTEST_ADDOPTS="-k master_is_lost", FAILOVER_REPORT=report_file)
-    keys = ("promoted", "stopped", "lost", "failed", "twice")
+               PYTEST_ADDOPTS="-k '%s'" % tests, **{report_var: report_file})
     found = {k: [] for k in keys}
     try:
-        for step in ("destroy", "create", "converge"):
-            log("(i) molecule %s -s redis-sentinel" % step)
-            run(["molecule", step, "-s", "redis-sentinel"], cwd=ROOT, env=env, capture_output=True)
+        for step in ("destroy", "create", "prepare", "converge"):
+            log("(%s) molecule %s -s %s" % (figure, step, scenario))
+            run(["molecule", step, "-s", scenario], cwd=ROOT, env=env, capture_output=True)
         for i in range(runs):
             if os.path.exists(report_file):
                 os.remove(report_file)
-            proc = run(["molecule", "verify", "-s", "redis-sentinel"], cwd=ROOT, env=env, capture_output=True, check=False)
+            proc = run(["molecule", "verify", "-s", scenario], cwd=ROOT, env=env, capture_output=True, check=False)
             if not os.path.exists(report_file):
-                raise SystemExit("bench: (i) run %d wrote no report:\n%s" % (i + 1, (proc.stdout + proc.stderr)[-3000:]))
+                raise SystemExit("bench: (%s) run %d wrote no report:\n%s"
+                                 % (figure, i + 1, (proc.stdout + proc.stderr)[-3000:]))
             with open(report_file) as f:
                 numbers = json.load(f)
             for key in keys:
                 found[key].append(numbers[key])
-            log("(i) run %d: %s" % (i + 1, numbers))
+            log("(%s) run %d: %s" % (figure, i + 1, numbers))
     finally:
-        run(["molecule", "destroy", "-s", "redis-sentinel"], cwd=ROOT, env=env, capture_output=True, check=False)
+        run(["molecule", "destroy", "-s", scenario], cwd=ROOT, env=env, capture_output=True, check=False)
     return {k: summary(v) for k, v in found.items()}
 
 
@@ -621,6 +633,15 @@ def report(res):
         for key in ("lost", "failed", "twice"):
             lines.append(row("(i) Sentinel: tasks %s, of 1,000" % ("run twice" if key == "twice" else key),
                              res["i"][key], unit="tasks"))
+    if "j" in res:
+        for key, label in (("quorum", "quorum queues, publisher confirms"), ("classic", "a classic queue, no confirms")):
+            lines.append(row("(j) RabbitMQ cluster, %s: tasks/s, 5,000 no-op tasks" % label, res["j"][key], unit="tasks/s"))
+        lines.append("| (j) quorum / classic | %.2f | | | reported |" % (res["j"]["quorum"]["median"] / res["j"]["classic"]["median"]))
+        lines.append(row("(j) RabbitMQ cluster: s tasks stopped flowing after the leader's node was killed", res["j"]["stopped"]))
+        lines.append(row("(j) RabbitMQ cluster: s the worker host connected to that node stopped", res["j"]["host_stopped"]))
+        for key in ("lost", "failed", "twice"):
+            lines.append(row("(j) RabbitMQ cluster: tasks %s, of 1,000" % ("run twice" if key == "twice" else key),
+                             res["j"][key], unit="tasks"))
     if "cpu_e" in res or "cpu_b" in res:
         lines += ["", "CPU seconds used (medians): the whole machine, the hosts (containers) and the controller "
                   "(ansible-playbook or floor.sh, docker, dockerd); with %d CPUs, a run takes at least its CPU "
