@@ -38,15 +38,16 @@ def alive():
 
 
 def wait_cluster(deadline=180):
-    """Waits until the three nodes run in one cluster and every task queue has its three members
-    online; returns the queues."""
+    """Waits until the three nodes run in one cluster and every quorum task queue has its three
+    members online; returns the queues."""
     end, last = time.time() + deadline, None
     while time.time() < end:
         try:
             status = json.loads(host_of(BROKERS[0]).check_output("%s cluster_status --formatter json" % CTL))
             last = queues(BROKERS[0])
             if len(status["running_nodes"]) == 3 and all(
-                    len(q["online"]) == 3 for name, q in last.items() if not NOT_TASK_QUEUES.search(name)):
+                    len(q["online"]) == 3 for name, q in last.items()
+                    if q["type"] == "quorum" and not NOT_TASK_QUEUES.search(name)):
                 return last
         except (AssertionError, ValueError, KeyError) as exc:
             last = exc
@@ -247,6 +248,7 @@ def test_bench_throughput_of_quorum_queues_against_a_classic_queue():
         print("%s: %s tasks/s (sending took %.1f s)" % (mode, numbers[mode], sent["sent"]))
     run_client(host_of(WORKERS[0]), "import json; from proj.celery import app; "
                "print(json.dumps(app.control.cancel_consumer('bench-classic', reply=True)))")
+    host_of(BROKERS[0]).check_output("%s delete_queue -p celery bench-classic" % CTL)
     save_report(numbers)
 
 
