@@ -190,7 +190,7 @@ NO_RESULTS = {"celery_result_backend": "none"}
      THREE_RABBITS, ["whose queues are quorum queues: celery_app_extra_settings asks for queue priorities"]),
     (dict(NO_RESULTS, rabbitmq_broker_tls=True, **COOKIE), THREE_RABBITS,
      ["rabbitmq_broker_tls is on for bad-input-broker, but rabbitmq_broker_tls_cert and rabbitmq_broker_tls_key and "
-      "rabbitmq_broker_tls_ca is empty or not PEM"]),
+      "rabbitmq_broker_tls_ca is empty"]),
 ], ids=["two-nodes", "no-cookie", "short-cookie", "rpc-results", "database-without-host", "priorities", "tls-without-certificates"])
 def test_rabbitmq_cluster_settings_that_cannot_work(tmp_path, values, groups, words):
     rc, out = run_site(tmp_path, all_vars=dict(RABBITMQ, **values), groups=groups)
@@ -523,14 +523,24 @@ def test_bad_redis_users(tmp_path, values, words):
     assert "not-a-real-password-123" not in out
 
 
+PEM_CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUFakeFakeFake\n-----END CERTIFICATE-----\n"
+
+
 @pytest.mark.parametrize("values, words", [
     ({"redis_broker_tls": True}, ["redis_broker_tls is on for bad-input-broker, but redis_broker_tls_cert and "
-                                  "redis_broker_tls_key and redis_broker_tls_ca is empty or not PEM"]),
-    ({"redis_broker_tls": True, "redis_broker_tls_cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
-      "redis_broker_tls_key": "secret-key", "redis_broker_tls_ca": "-----BEGIN CERTIFICATE-----\nMIIB\n"},
-     ["but redis_broker_tls_key is empty or not PEM"]),
+                                  "redis_broker_tls_key and redis_broker_tls_ca is empty"]),
+    # The class of mistake: a path, or a file cut short, where PEM text belongs.
+    ({"redis_broker_tls": True, "redis_broker_tls_cert": PEM_CERT, "redis_broker_tls_key": "secret-key",
+      "redis_broker_tls_ca": PEM_CERT},
+     ["redis_broker_tls_key is not of its form: give PEM text of a private key"]),
+    # The CA cut short, which the clients' celery_broker_tls_ca follows: every host stops.
+    ({"redis_broker_tls": True, "redis_broker_tls_cert": PEM_CERT, "redis_broker_tls_key": "secret-key",
+      "redis_broker_tls_ca": PEM_CERT[:40]},
+     ["celery_broker_tls_ca is ''-----BEGIN CERTIFICATE-----", "give PEM text", "fatal: [bad-input-worker1]"]),
+    ({"redis_broker_tls": True, "redis_broker_tls_cert": "/etc/ssl/certs/broker1.pem", "redis_broker_tls_ca": PEM_CERT},
+     ["redis_broker_tls_cert is '/etc/ssl/certs/broker1.pem': give PEM text", "tls/broker1.crt"]),
     ({"redis_broker_tls": "sometimes"}, ["redis_broker_tls"]),
-], ids=["no-certificates", "key-not-pem", "not-a-bool"])
+], ids=["no-certificates", "key-not-pem", "ca-cut-short", "a-path", "not-a-bool"])
 def test_redis_tls_without_its_certificates(tmp_path, values, words):
     rc, out = run_site(tmp_path, all_vars=values)
     assert_stopped_in_preflight(rc, out, *words)

@@ -24,7 +24,7 @@ callbacks), and the preflight play runs every check on every host on every run.
         validate: preflight
 
 With `forms`, a mapping of variable names to forms (FORMS below: path, address, port,
-service_port, number, timezone, secret, account, group, module), the task checks each variable's value
+service_port, number, timezone, secret, account, group, module, certificate, private_key), the task checks each variable's value
 for its form before its checks, and fails naming every variable that is not of its form and
 what to give instead; a secret's value is never shown. A form check holds the whole value, to
 its last character: Python's `$`, which the `match` test uses, also matches before a final
@@ -93,6 +93,13 @@ def _secret(value: t.Any) -> bool:
             and not PLACEHOLDERS.search(text))
 
 
+def _pem(label: str) -> t.Callable[[t.Any], bool]:
+    """PEM text of LABEL (CERTIFICATE; PRIVATE KEY, also RSA or EC), or empty: a TLS setting
+    that is off needs none, and the role's own check says which are missing when it is on."""
+    pattern = re.compile(r"\s*-----BEGIN %s-----\r?\n.+\n-----END %s-----\s*\Z" % (label, label), re.S)
+    return lambda v: v == "" or (isinstance(v, str) and pattern.match(v) is not None)
+
+
 def _number(value: t.Any) -> bool:
     """A number, or a string Ansible reads as one ("0.5" from -e); never a bool."""
     if isinstance(value, bool):
@@ -126,6 +133,12 @@ FORMS = {
     "module": (lambda v: isinstance(v, str) and re.match(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
                                                          r"(:[A-Za-z_][A-Za-z0-9_]*)?\Z", v) is not None,
                "a module, a module path or module:attribute, such as proj, proj.celery or proj.celery:app"),
+    "certificate": (_pem("CERTIFICATE"),
+                    "PEM text of a certificate (-----BEGIN CERTIFICATE----- to -----END CERTIFICATE-----), "
+                    "for example from lookup('file', 'tls/broker1.crt')"),
+    "private_key": (_pem("(?:RSA |EC )?PRIVATE KEY"),
+                    "PEM text of a private key (-----BEGIN PRIVATE KEY----- to -----END PRIVATE KEY-----, also "
+                    "RSA or EC), from a vault_ variable"),
 }
 
 
@@ -139,9 +152,13 @@ def form_problems(values: dict, forms: dict) -> list:
         value = values[name]
         if test(value):
             continue
-        shown = "is not of its form" if form == "secret" else "is %r" % (value,)
+        shown = "is not of its form" if form in ("secret", "private_key") else "is %s" % _shortened(repr(value))
         problems.append("%s %s: give %s." % (name, shown, rule))
     return problems
+
+
+def _shortened(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def control_characters(values: dict, multi_line: t.Iterable = ()) -> list:

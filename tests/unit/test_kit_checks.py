@@ -296,6 +296,39 @@ def test_bad_secrets_are_refused_and_never_shown(value):
     assert "s3c" not in result["msg"]
 
 
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE KEY-----\n"
+
+
+@pytest.mark.parametrize("form, value", [
+    ("certificate", ""), ("certificate", CERT), ("certificate", "  " + CERT.replace("\n", "\r\n")),
+    ("certificate", CERT + CERT), ("private_key", ""), ("private_key", KEY),
+    ("private_key", KEY.replace("PRIVATE KEY", "EC PRIVATE KEY")),
+])
+def test_pem_text_or_nothing_passes(form, value):
+    assert forms({"v": value}, v=form)["msg"] == "All 1 checks passed"
+
+
+@pytest.mark.parametrize("value", [
+    "/etc/ssl/certs/broker1.pem",                   # a path where the text belongs
+    CERT[:40],                                      # a file cut short
+    KEY,                                            # the key where the certificate belongs
+    "-----BEGIN CERTIFICATE-----",
+    "Bag Attributes\n" + CERT,                      # openssl pkcs12's preamble
+])
+def test_a_certificate_that_is_not_pem_text_is_named_shortened(value):
+    result = forms({"cert": value}, cert="certificate")
+    assert result["msg"].startswith("cert is " + repr(value)[:20]) and "give PEM text of a certificate" in result["msg"]
+    assert len(result["msg"].split(": give")[0]) <= len("cert is ") + 80
+
+
+@pytest.mark.parametrize("value", ["secret-key", CERT, KEY.replace("-----END PRIVATE KEY-----", ""), None])
+def test_a_private_key_not_of_its_form_is_never_shown(value):
+    result = forms({"key": value}, key="private_key")
+    assert result["msg"].startswith("key is not of its form: give PEM text of a private key")
+    assert "MII" not in result["msg"] and "secret-key" not in result["msg"]
+
+
 def test_every_variable_not_of_its_form_is_named_in_order():
     result = forms({"a": "/ok", "b": "relative", "c": 0}, a="path", b="path", c="port")
     assert result["msg"] == ("b is 'relative': give an absolute path of letters, digits and _ . / -. "
